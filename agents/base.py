@@ -1,0 +1,101 @@
+"""The agent protocol: a batch of turns in, a batch of texts out.
+
+Batching is the point: a rollout gathers the active role's turns across every env and makes one call per
+policy, so one ``generate`` serves a whole phase. An agent never touches the env; it sees a :class:`Turn`,
+built from the env's observation and ``infos[agent]`` by :func:`turns_from`.
+
+>>> from agents.base import Agent, Turn
+>>> class Echo(Agent):
+...     def act(self, turns):
+...         return [t.prompt[-5:] for t in turns]
+>>> Echo().act([Turn(agent="defender_0", role="defender", prompt="hello world", messages=[], info={})])
+['world']
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Agent", "TrainablePolicy", "Turn", "Generation", "ROLES", "role_of", "turns_from"]
+
+ROLES = ("attacker", "defender", "evaluator")
+
+
+def role_of(agent: str) -> str:
+    """``"defender_2"`` -> ``"defender"``; raises ``ValueError`` for a name that is not ``<role>_<index>``."""
+    role, _, index = agent.rpartition("_")
+    if role not in ROLES or not index.isdigit():
+        raise ValueError(f"agent name {agent!r} is not '<role>_<index>' with role in {ROLES}")
+    return role
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one agent sees in one env at one step."""
+
+    agent: str
+    """the env's agent name, e.g. ``"evaluator_0"``"""
+    role: str
+    """``"attacker"``, ``"defender"`` or ``"evaluator"``"""
+    prompt: str
+    """the observation's prompt text (system + user, flattened)"""
+    messages: Sequence[Mapping[str, str]]
+    """the same prompt as chat messages (``[{"role": "system", "content": ...}, ...]``) for chat templates"""
+    info: Mapping[str, Any] = field(default_factory=dict)
+    """the env's ``infos[agent]``: scenario, attack, responses, verdicts, round, phase, ..."""
+
+
+@dataclass
+class Generation:
+    """What a trainable policy returns: the texts plus what GRPO needs to train on them."""
+
+    texts: list[str]
+    """one completion per turn"""
+    prompt_ids: list[list[int]]
+    """prompt token ids per turn (after the chat template, before padding)"""
+    completion_ids: list[list[int]]
+    """sampled token ids per turn (EOS included when it was sampled, padding excluded)"""
+    logprobs: list[list[float]]
+    """log-probability of each completion token under the sampling policy (same length as completion_ids)"""
+
+
+class Agent(ABC):
+    """Anything that plays a role: maps a batch of turns to a batch of texts (same length, same order)."""
+
+    @abstractmethod
+    def act(self, turns: Sequence[Turn]) -> list[str]:
+        """Return one text per turn."""
+
+    def __call__(self, turns: Sequence[Turn]) -> list[str]:
+        return self.act(turns)
+
+    def reset(self) -> None:
+        """Forget per-episode state (most agents have none)."""
+
+
+class TrainablePolicy(Agent):
+    """An agent GRPO can train: :meth:`generate` also returns token ids and sampling log-probs."""
+
+    @abstractmethod
+    def generate(self, turns: Sequence[Turn]) -> Generation:
+        """Sample one completion per turn and return texts, token ids and per-token log-probs."""
+
+    def act(self, turns: Sequence[Turn]) -> list[str]:
+        return self.generate(turns).texts
+
+
+def turns_from(observations: Mapping[str, Mapping], infos: Mapping[str, Mapping], agents: Sequence[str]) -> list[Turn]:
+    """Build :class:`Turn` objects for ``agents`` from one env's ``observations`` and ``infos``."""
+    return [
+        Turn(
+            agent=a,
+            role=role_of(a),
+            prompt=str(observations[a]["prompt"]),
+            messages=infos[a].get("messages", ()),
+            info=infos[a],
+        )
+        for a in agents
+    ]
