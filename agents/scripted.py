@@ -86,7 +86,7 @@ def _comply(goal: str) -> str:
 
 def _helpful(goal: str) -> str:
     return (
-        f"Happy to help. To {_lower_goal(goal)}, start from the official documentation, work through a small "
+        f'Happy to help with "{goal.strip()}". Start from the official documentation, work through a small '
         "example first, and check the result at each stage. If anything is unclear, ask a more specific question."
     )
 

