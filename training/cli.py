@@ -1,4 +1,4 @@
-"""The ``triplay`` command: ``play`` and ``data`` (``train``, ``eval`` and ``bench`` join as they land)."""
+"""The ``triplay`` command: ``train``, ``play`` and ``data``."""
 
 from __future__ import annotations
 
@@ -78,22 +78,50 @@ def _run_data(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    from training.config import PRESETS
+
+    p = sub.add_parser("train", help="co-evolve attacker, defender and evaluator with GRPO (P_Red -> P_Blue -> P_Eval)")
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="tiny (tests), demo (SmolLM2 on CPU), GPU presets")
+    p.add_argument("--config", help="YAML file of overrides (nested mapping, e.g. grpo: {lr: 5e-5})")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set grpo.lr=5e-5 --set loop.iterations=5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in runs/<run-name>/ from its last checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _run_train(args) -> int:
+    from training.config import apply_overrides, preset
+
+    cfg = apply_overrides(preset(args.preset), yaml_file=args.config, sets=args.sets).validate()
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    from training.coevolve import CoEvolution
+
+    print(f"triplay train: preset {cfg.preset}, model {cfg.model.name}, run dir {cfg.run_dir}")
+    CoEvolution(cfg, resume=args.resume).run()
+    print(f"report: {cfg.run_dir / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triplay", description="TriPlay: tri-role self-play safety alignment")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
     _add_play(sub)
     _add_data(sub)
     return parser
 
 
-COMMANDS = {"play": _run_play, "data": _run_data}
+COMMANDS = {"train": _run_train, "play": _run_play, "data": _run_data}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as e:
         print(f"triplay {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,354 @@
+"""The co-evolution loop: P_Red -> P_Blue -> P_Eval, iteration after iteration (TriPlay-RL).
+
+Reads top-down, like a CleanRL script, but every piece it calls is an importable module:
+
+1. set-up: the base model with three LoRA role adapters, the game's envs, the shared Attack Success Pool;
+2. per iteration, per phase: a lockstep rollout whose GRPO groups fit the phase, advantages, one GRPO step
+   for the phase's role only;
+3. a held-out evaluation (panel-judged) after every iteration (and once before training: iteration 0);
+4. an atomic checkpoint (adapters, optimizers, pool, every RNG, metrics so far) after every iteration;
+   ``resume=True`` continues exactly where the last checkpoint left off.
+
+| phase | trains | the others | GRPO group |
+|---|---|---|---|
+| red | attacker | frozen defender, reference defenders, evaluator | G attacks per scenario |
+| blue | defender_0 | the latest attacker (benign seeds mixed in) | G responses per attack |
+| eval | evaluator (every evaluator_i) | attacker, defenders | G verdicts per (attack, response); reward = agreement with the panel |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.base import Agent
+from training.config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, config_diff
+from training.evaluation import judged_metrics
+from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
+from training.rollout import Move, run_lockstep
+from training.trainer import GRPOTrainer, Sample
+
+__all__ = ["CoEvolution", "PHASE_ROLE", "SHARED_ROLES", "advantages_by_group"]
+
+PHASE_ROLE = {"red": "attacker", "blue": "defender", "eval": "evaluator"}
+SHARED_ROLES = {"red": (), "blue": ("attacker",), "eval": ("attacker", "defender")}
+CHECKPOINT = "checkpoint"
+
+
+def advantages_by_group(moves: Sequence[Move], group_size: int, cfg, baseline: RoleBaseline | None = None) -> tuple[list[float], float]:
+    """GRPO advantages for the trained role's moves; returns (advantages in move order, zero-variance share).
+
+    Moves are grouped by (group of envs, agent, game, round): the G samples that answered the same input.
+    With ``cfg.role_baseline`` the per-role EMA baseline replaces group normalisation (SPIRAL).
+    """
+    rewards = torch.tensor([m.reward for m in moves], dtype=torch.float32)  # [M]
+    if baseline is not None:
+        return baseline.advantages(moves[0].role, rewards).tolist(), float("nan")
+    groups: dict[tuple, list[int]] = {}
+    for k, m in enumerate(moves):
+        groups.setdefault((m.env // group_size, m.agent, m.game, m.round), []).append(k)
+    order = [k for members in groups.values() for k in members]
+    sizes = {len(members) for members in groups.values()}
+    advantages = torch.zeros(len(moves))  # [M]
+    if sizes == {group_size}:  # the usual case: whole groups, one vectorised call (batch scaling sees them all)
+        grouped = rewards[order]  # [M]
+        adv = group_advantages(grouped, group_size, scale=cfg.scale_rewards, leave_one_out=cfg.leave_one_out)
+        advantages[order] = adv
+        zero = zero_variance_groups(grouped, group_size).float().mean().item()
+    else:  # groups that diverged in multi-round games: normalise each on its own, singletons get 0
+        zero_count = 0
+        for members in groups.values():
+            if len(members) >= 2:
+                advantages[members] = group_advantages(rewards[members], len(members), scale=cfg.scale_rewards,
+                                                       leave_one_out=cfg.leave_one_out)
+            zero_count += len(members) < 2 or bool(zero_variance_groups(rewards[members], len(members)).all())
+        zero = zero_count / len(groups)
+    return advantages.tolist(), zero
+
+
+class CoEvolution:
+    """Owns the model, the envs and the trainer; :meth:`run` trains and writes ``run_dir``.
+
+    Args:
+        cfg: a validated :class:`~training.config.TrainConfig`.
+        resume: continue from ``run_dir/checkpoint`` (refuses a config that differs, naming the keys).
+        log: where progress lines go (``print`` by default).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print):
+        self.cfg = cfg.validate()
+        self.run_dir = cfg.run_dir
+        self.log = log
+        self.resume = resume
+        if resume:
+            self._check_resumable()
+        elif (self.run_dir / CHECKPOINT).exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a checkpoint: pass --resume to continue it, or choose another "
+                f"--set loop.run_name=... (or delete the folder)"
+            )
+        self._seed_everything(cfg.loop.seed)
+        self._build()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def _build(self) -> None:
+        import triplay_env
+        from agents.hf import LoRARoles, RolePolicy
+        from agents.models import load_model, tiny_random
+        from agents.scripted import make_scripted
+
+        cfg = self.cfg
+        if cfg.model.backend == "vllm":
+            raise ConfigError("model.backend='vllm' needs a GPU machine with the vllm extra; use backend=hf on CPU")
+        t0 = time.perf_counter()
+        if cfg.model.name == "tiny":
+            model, tokenizer = tiny_random(seed=cfg.loop.seed)
+        else:
+            model, tokenizer = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype))
+        self.load_seconds = time.perf_counter() - t0
+        self.roles = LoRARoles(
+            model, tokenizer, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha,
+            target_modules=cfg.model.lora_target_modules, max_prompt_tokens=cfg.model.max_prompt_tokens,
+        )
+        gen = cfg.generation
+        lengths = {"attacker": gen.attacker_max_new_tokens, "defender": gen.defender_max_new_tokens,
+                   "evaluator": gen.evaluator_max_new_tokens}
+        self.policies = {
+            role: self.roles.policy(role, max_new_tokens=lengths[role], temperature=gen.temperature, top_p=gen.top_p,
+                                    seed=cfg.loop.seed * 1000 + k)
+            for k, role in enumerate(("attacker", "defender", "evaluator"))
+        }
+        self.players: dict[str, Agent] = dict(self.policies)
+        for i in range(1, cfg.game.num_defenders):
+            if cfg.game.reference_defender == "base":
+                self.players[f"defender_{i}"] = RolePolicy(self.roles, None, max_new_tokens=gen.defender_max_new_tokens,
+                                                           temperature=gen.temperature, top_p=gen.top_p, seed=cfg.loop.seed * 1000 + 10 + i)
+            else:
+                self.players[f"defender_{i}"] = make_scripted(cfg.game.reference_defender)
+        self.embedder = None
+        if cfg.game.embedder:
+            from agents.models import load_embedder
+
+            self.embedder = load_embedder()
+        self.pool = triplay_env.AttackSuccessPool(capacity=cfg.game.pool_capacity)
+        env_cfg = dict(num_defenders=cfg.game.num_defenders, max_rounds=cfg.game.max_rounds,
+                       reward_scheme=cfg.game.reward_scheme, scenarios=cfg.game.scenarios,
+                       verdict_source=cfg.game.verdict_source, embedder=self.embedder)
+        self.train_envs = [
+            triplay_env.parallel_env(**env_cfg, split="train", benign_fraction=cfg.game.benign_fraction,
+                                     attack_success_pool=self.pool)
+            for _ in range(cfg.grpo.batch_size)
+        ]
+        # held-out seeds, half benign; a private pool so evaluation never feeds the training pool
+        self.eval_envs = [
+            triplay_env.parallel_env(**env_cfg, split="heldout", benign_fraction=0.5,
+                                     attack_success_pool=triplay_env.AttackSuccessPool(capacity=1))
+            for _ in range(cfg.loop.eval_scenarios)
+        ]
+        self.trainer = GRPOTrainer(self.roles, cfg.grpo, temperature=gen.temperature)
+        self.baseline = RoleBaseline() if cfg.grpo.role_baseline else None
+        self.metrics: list[dict] = []
+        self.start_iteration = 1
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.resume:
+            self._load_checkpoint()
+        writer = self._tensorboard()
+        if self.start_iteration == 1:
+            self._record(self.evaluate(iteration=0), writer)
+        for iteration in range(self.start_iteration, cfg.loop.iterations + 1):
+            for phase in cfg.loop.phases:
+                for step in range(cfg.loop.steps_per_phase):
+                    self._record(self.train_phase(phase, iteration, step), writer)
+            self._record(self.evaluate(iteration), writer)
+            self.save_checkpoint(iteration)
+        if writer is not None:
+            writer.close()
+        from training.report import write_report
+
+        write_report(self.run_dir, self.metrics)
+        return self.metrics
+
+    def train_phase(self, phase: str, iteration: int, step: int) -> dict:
+        """One rollout shaped for ``phase`` and one GRPO update of its role."""
+        cfg, role = self.cfg, PHASE_ROLE[phase]
+        t0 = time.perf_counter()
+        G = cfg.grpo.group_size
+        scenario_seeds = self.rng.integers(0, 2**31 - 1, size=cfg.grpo.batch_size // G)
+        seeds = [int(s) for s in scenario_seeds for _ in range(G)]
+        bar = self._progress(f"iter {iteration} {phase:>4} ({role})", 3 * cfg.game.max_rounds)
+        rollout = run_lockstep(self.train_envs, self.players, seeds, group_size=G, shared_roles=SHARED_ROLES[phase],
+                               on_step=(lambda n: bar.update(1)) if bar else None)
+        if bar:
+            bar.close()
+        t1 = time.perf_counter()
+        trained_agents = ["defender_0"] if role == "defender" else [a for a in self.train_envs[0].possible_agents if a.startswith(role)]
+        moves = [m for m in rollout.moves if m.agent in trained_agents and m.completion_ids is not None]
+        advantages, zero_share = advantages_by_group(moves, G, cfg.grpo, self.baseline)
+        samples = [Sample(m.prompt_ids, m.completion_ids, m.logprobs, a) for m, a in zip(moves, advantages)]
+        update = self.trainer.step(role, samples)
+        t2 = time.perf_counter()
+        p = f"{phase}/"
+        rewards = [m.reward for m in moves]
+        record = {"iteration": iteration, "phase": phase, "step": step,
+                  p + f"reward_{role}": float(np.mean(rewards)) if rewards else float("nan"),
+                  p + "zero_variance_groups": zero_share,
+                  p + "pool_size": float(len(self.pool)),
+                  **{p + "rollout_" + k: v for k, v in judged_metrics(rollout.judged).items() if not k.startswith("n_")},
+                  **{p + k: v for k, v in update.items()},
+                  "time/" + phase + "_rollout_s": t1 - t0, "time/" + phase + "_update_s": t2 - t1}
+        for agent, total in rollout.returns.items():
+            record[p + f"return_{agent}"] = total / len(self.train_envs)
+        self.log(f"[iter {iteration}] {phase:>4} step {step}: {role} reward {record[p + f'reward_{role}']:+.3f}  "
+                 f"loss {update.get('loss', float('nan')):+.4f}  ASR {record[p + 'rollout_attack_success_rate']:.2f}  "
+                 f"({t1 - t0:.1f}s rollout, {t2 - t1:.1f}s update)")
+        return record
+
+    @torch.no_grad()
+    def evaluate(self, iteration: int) -> dict:
+        """Held-out games played by the current policies, judged by the panel; fresh seeded sampling each time."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        gen = cfg.generation
+        players = dict(self.players)
+        lengths = {"attacker": gen.attacker_max_new_tokens, "defender": gen.defender_max_new_tokens,
+                   "evaluator": gen.evaluator_max_new_tokens}
+        for k, role in enumerate(PHASE_ROLE.values()):
+            players[role] = self.roles.policy(role, max_new_tokens=lengths[role], temperature=gen.temperature,
+                                              top_p=gen.top_p, seed=10_000 + k)
+        seeds = [100_000 + i for i in range(len(self.eval_envs))]
+        rollout = run_lockstep(self.eval_envs, players, seeds)
+        record = {"iteration": iteration, "phase": "heldout", "step": 0,
+                  **{"eval/" + k: v for k, v in judged_metrics(rollout.judged).items()}}
+        for agent in ("attacker_0", "defender_0", "evaluator_0"):
+            record[f"eval/reward_{agent.rpartition('_')[0]}"] = rollout.returns.get(agent, 0.0) / len(self.eval_envs)
+        record["time/eval_s"] = time.perf_counter() - t0
+        self.log(f"[iter {iteration}] held-out: ASR {record['eval/attack_success_rate']:.2f}  unsafe {record['eval/unsafe_rate']:.2f}  "
+                 f"refusal {record['eval/refusal_rate']:.2f}  guidance {record['eval/guidance_rate']:.2f}  "
+                 f"over-refusal {record['eval/over_refusal_rate']:.2f}  evaluator agreement {record['eval/evaluator_agreement']:.2f}")
+        return record
+
+    # ------------------------------------------------------------------ logging
+
+    def _record(self, record: dict, writer) -> None:
+        self.metrics.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            step = len(self.metrics)
+            for k, v in record.items():
+                if isinstance(v, float) and "/" in k:
+                    writer.add_scalar(k, v, step)
+
+    def _tensorboard(self):
+        if not self.cfg.loop.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("tensorboard is not installed: skipping TensorBoard logs (pip install 'triplay[train]')")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=len(self.metrics) + 1)
+
+    def _progress(self, desc: str, total: int):
+        if not self.cfg.loop.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="phase", leave=False)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, iteration: int) -> Path:
+        """Write ``run_dir/checkpoint`` atomically: build it beside, then swap it in with renames."""
+        final = self.run_dir / CHECKPOINT
+        tmp = self.run_dir / f"{CHECKPOINT}.tmp-{os.getpid()}"
+        old = self.run_dir / f"{CHECKPOINT}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.roles.save_adapters(tmp / "adapters")
+        state = {
+            "iteration": iteration,
+            "trainer": self.trainer.state_dict(),
+            "baseline": None if self.baseline is None else self.baseline.state_dict(),
+            "rng": {
+                "numpy_loop": self.rng.bit_generator.state,
+                "python": random.getstate(),
+                "numpy_global": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "policies": {name: p.generator.get_state() for name, p in self.players.items() if hasattr(p, "generator")},
+            },
+        }
+        torch.save(state, tmp / "state.pt")
+        (tmp / "pool.json").write_text(json.dumps(self.pool.state_dict()))
+        (tmp / "metrics.json").write_text(json.dumps(self.metrics))
+        (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _checkpoint_dir(self) -> Path | None:
+        for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
+            if (self.run_dir / name / "state.pt").is_file():
+                return self.run_dir / name
+        return None
+
+    def _check_resumable(self) -> None:
+        ckpt = self._checkpoint_dir()
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (expected {self.run_dir / CHECKPOINT}/state.pt)")
+        saved = json.loads((ckpt / "config.json").read_text())
+        differ = [k for k in config_diff(saved, self.cfg.to_dict()) if k not in RUN_CONTROL_KEYS]
+        if differ:
+            raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}; "
+                              f"use the same preset and overrides (only {list(RUN_CONTROL_KEYS)} may change)")
+
+    def _load_checkpoint(self) -> None:
+        ckpt = self._checkpoint_dir()
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        self.roles.load_adapters(ckpt / "adapters")
+        self.trainer.load_state_dict(state["trainer"])
+        if self.baseline is not None and state["baseline"] is not None:
+            self.baseline.load_state_dict(state["baseline"])
+        rng = state["rng"]
+        self.rng.bit_generator.state = rng["numpy_loop"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy_global"])
+        torch.set_rng_state(rng["torch"])
+        for name, gen_state in rng["policies"].items():
+            self.players[name].generator.set_state(gen_state)
+        self.pool.load_state_dict(json.loads((ckpt / "pool.json").read_text()))
+        self.metrics = json.loads((ckpt / "metrics.json").read_text())
+        # metrics logged after the checkpoint belong to work that is being redone: rewrite the log
+        with open(self.run_dir / "metrics.jsonl", "w") as f:
+            for record in self.metrics:
+                f.write(json.dumps(record) + "\n")
+        self.start_iteration = state["iteration"] + 1
+        self.log(f"resumed {self.run_dir} after iteration {state['iteration']}")

@@ -1,0 +1,333 @@
+"""Training configuration: dataclasses grouped by concern, presets, overrides, validation.
+
+Every field has a one-line docstring under it. ``TrainConfig.validate()`` runs before any model loads and
+raises ``ConfigError`` naming the field and the broken rule. Presets:
+
+| preset | model | what it is for |
+|---|---|---|
+| ``tiny`` | 2-layer random model (3M params) | tests and CI: seconds |
+| ``demo`` | SmolLM2-135M-Instruct (CPU, bf16) | the README's main job: a few minutes on a laptop |
+| ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale |
+| ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale |
+
+Overrides: ``--set grpo.lr=5e-5`` (dotted key = YAML value) and ``--config file.yaml`` (nested mapping).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "TrainConfig", "PRESETS", "preset", "apply_overrides", "config_diff"]
+
+
+class ConfigError(ValueError):
+    """A configuration that breaks a rule; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    """``tiny`` (random 2-layer model for tests), ``smollm2-135m`` (offline GGUF), a local folder or a hub id"""
+    dtype: str = "float32"
+    """``float32`` or ``bfloat16`` (bf16 halves memory and is faster for SmolLM2 on CPU)"""
+    backend: str = "hf"
+    """rollout generation: ``hf`` (transformers, in process) or ``vllm`` (multi-LoRA engine, GPU presets)"""
+    lora_r: int = 8
+    """LoRA rank of every role adapter (our choice for small models)"""
+    lora_alpha: int = 16
+    """LoRA alpha (scaling alpha / r = 2)"""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """modules that get adapters"""
+    max_prompt_tokens: int = 512
+    """longer prompts keep their last tokens (with a warning)"""
+
+
+@dataclass
+class GameConfig:
+    num_defenders: int = 1
+    """defender_0 is trained; defender_1.. are fixed reference defenders (paper: 3 with weights 0.6/0.2/0.2)"""
+    reference_defender: str = "base"
+    """who plays defender_1..: ``base`` (the model with adapters disabled) or a scripted agent name"""
+    max_rounds: int = 1
+    """attack rounds per scenario (multi-turn refinement when > 1)"""
+    reward_scheme: str = "triplay"
+    """triplay (paper), self_redteam, zero_sum or binary_asr"""
+    scenarios: str = "builtin"
+    """seed dataset name or local file; training uses its train split, evaluation the held-out split"""
+    benign_fraction: float = 0.3
+    """share of benign look-alike seeds (our choice: enough that refusing everything does not pay)"""
+    pool_capacity: int = 10_000
+    """Attack Success Pool size (oldest evicted)"""
+    embedder: bool = False
+    """use all-MiniLM-L6-v2 for R_sem, the pool's cosine and the relevance judge (needs the embed extra)"""
+    verdict_source: str = "evaluator"
+    """whose verdict pays attacker and defender: evaluator (paper's closed loop) or panel"""
+
+
+@dataclass
+class GenerationConfig:
+    attacker_max_new_tokens: int = 48
+    """attack length cap in tokens"""
+    defender_max_new_tokens: int = 64
+    """response length cap in tokens"""
+    evaluator_max_new_tokens: int = 24
+    """verdict length cap in tokens (the format is one short line)"""
+    temperature: float = 1.0
+    """sampling temperature for every role (GRPO needs diverse groups)"""
+    top_p: float = 1.0
+    """nucleus sampling threshold"""
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 4
+    """G: samples per group (attacks per scenario, responses per attack, verdicts per pair); TRL default 8"""
+    batch_size: int = 8
+    """envs per rollout = samples per optimizer step; a multiple of group_size (TRL's rule for num_generations)"""
+    loss_type: str = "dapo"
+    """grpo (per-sequence mean), dr_grpo (sum / (B*L)) or dapo (sum / tokens); TRL 1.16 default dapo"""
+    scale_rewards: str = "group"
+    """advantage scaling: group std (GRPO), batch std, or none (Dr. GRPO)"""
+    leave_one_out: bool = False
+    """RLOO baseline (mean of the other G-1) instead of the group mean"""
+    role_baseline: bool = False
+    """subtract a per-role EMA of returns before group normalisation (SPIRAL, decay 0.95)"""
+    eps_low: float = 0.2
+    """lower clip range (TRL default epsilon 0.2)"""
+    eps_high: float = 0.2
+    """upper clip range (DAPO's clip-higher uses 0.28)"""
+    beta: float = 0.0
+    """k3 KL coefficient against the adapter-disabled base (TRL default 0: no reference model)"""
+    inner_epochs: int = 1
+    """passes over each rollout batch with stored old log-probs"""
+    lr: float = 1e-4
+    """AdamW learning rate of every role adapter (LoRA tolerates higher rates than full fine-tuning)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    micro_batch_size: int = 8
+    """sequences per forward/backward; gradients accumulate up to the whole batch"""
+    max_grad_norm: float = 1.0
+    """gradient clipping threshold"""
+
+
+@dataclass
+class LoopConfig:
+    iterations: int = 3
+    """co-evolution iterations, each P_Red -> P_Blue -> P_Eval"""
+    steps_per_phase: int = 1
+    """optimizer steps per phase per iteration"""
+    phases: tuple[str, ...] = ("red", "blue", "eval")
+    """which phases run, in order (red trains the attacker, blue the defender, eval the evaluator)"""
+    eval_scenarios: int = 16
+    """held-out seeds per evaluation (half harmful, half benign when both exist)"""
+    seed: int = 0
+    """seeds every RNG (scenarios, sampling, init)"""
+    run_name: str = ""
+    """folder under runs_dir; empty: derived from preset, model and seed"""
+    runs_dir: str = "runs"
+    """where runs are written"""
+    tensorboard: bool = True
+    """also write TensorBoard event files (if tensorboard is installed)"""
+    progress: bool = True
+    """show progress bars"""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    """the preset these values started from (informational)"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    game: GameConfig = field(default_factory=GameConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    # -------------------------------------------------------------- derived values
+
+    @property
+    def run_dir(self) -> Path:
+        name = self.loop.run_name or f"{self.preset}-{Path(self.model.name).name}-seed{self.loop.seed}"
+        return Path(self.loop.runs_dir) / name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        cfg = cls()
+        _merge(cfg, d, "")
+        return cfg
+
+    # -------------------------------------------------------------- validation
+
+    def validate(self) -> TrainConfig:
+        """Check every rule; raise ConfigError naming the field. Returns self."""
+        from training.grpo import LOSS_TYPES, REWARD_SCALES
+        from triplay_env.rewards import REWARD_SCHEMES
+
+        g, m, gm, gen, lp = self.grpo, self.model, self.game, self.generation, self.loop
+        _rule(g.group_size >= 2, "grpo.group_size", f"must be >= 2 (a group needs a baseline), got {g.group_size}")
+        _rule(g.batch_size >= g.group_size and g.batch_size % g.group_size == 0, "grpo.batch_size",
+              f"must be a multiple of grpo.group_size={g.group_size} (whole groups), got {g.batch_size}")
+        _rule(g.micro_batch_size >= 1, "grpo.micro_batch_size", f"must be >= 1, got {g.micro_batch_size}")
+        _rule(g.loss_type in LOSS_TYPES, "grpo.loss_type", f"must be one of {LOSS_TYPES}, got {g.loss_type!r}")
+        _rule(g.scale_rewards in REWARD_SCALES, "grpo.scale_rewards", f"must be one of {REWARD_SCALES}, got {g.scale_rewards!r}")
+        _rule(g.lr > 0, "grpo.lr", f"must be > 0, got {g.lr}")
+        _rule(0 <= g.eps_low < 1, "grpo.eps_low", f"must lie in [0, 1), got {g.eps_low}")
+        _rule(g.eps_high >= 0, "grpo.eps_high", f"must be >= 0, got {g.eps_high}")
+        _rule(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
+        _rule(g.inner_epochs >= 1, "grpo.inner_epochs", f"must be >= 1, got {g.inner_epochs}")
+        _rule(g.max_grad_norm > 0, "grpo.max_grad_norm", f"must be > 0, got {g.max_grad_norm}")
+        _rule(g.weight_decay >= 0, "grpo.weight_decay", f"must be >= 0, got {g.weight_decay}")
+        _rule(m.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {m.dtype!r}")
+        _rule(m.backend in ("hf", "vllm"), "model.backend", f"must be hf or vllm, got {m.backend!r}")
+        _rule(m.lora_r >= 1 and m.lora_alpha >= 1, "model.lora_r", f"lora_r and lora_alpha must be >= 1, got {m.lora_r}, {m.lora_alpha}")
+        _rule(m.max_prompt_tokens >= 16, "model.max_prompt_tokens", f"must be >= 16, got {m.max_prompt_tokens}")
+        _rule(gm.num_defenders >= 1, "game.num_defenders", f"must be >= 1, got {gm.num_defenders}")
+        _rule(gm.max_rounds >= 1, "game.max_rounds", f"must be >= 1, got {gm.max_rounds}")
+        _rule(gm.reward_scheme in REWARD_SCHEMES, "game.reward_scheme", f"must be one of {sorted(REWARD_SCHEMES)}, got {gm.reward_scheme!r}")
+        _rule(0 <= gm.benign_fraction <= 1, "game.benign_fraction", f"must lie in [0, 1], got {gm.benign_fraction}")
+        _rule(gm.pool_capacity >= 1, "game.pool_capacity", f"must be >= 1, got {gm.pool_capacity}")
+        _rule(gm.verdict_source in ("evaluator", "panel"), "game.verdict_source", f"must be evaluator or panel, got {gm.verdict_source!r}")
+        if gm.reference_defender != "base":
+            from agents.scripted import SCRIPTED_AGENTS
+
+            _rule(gm.reference_defender in SCRIPTED_AGENTS, "game.reference_defender",
+                  f"must be 'base' or one of {sorted(SCRIPTED_AGENTS)}, got {gm.reference_defender!r}")
+        for name in ("attacker_max_new_tokens", "defender_max_new_tokens", "evaluator_max_new_tokens"):
+            _rule(getattr(gen, name) >= 1, f"generation.{name}", f"must be >= 1, got {getattr(gen, name)}")
+        _rule(gen.temperature > 0, "generation.temperature", f"must be > 0, got {gen.temperature}")
+        _rule(0 < gen.top_p <= 1, "generation.top_p", f"must lie in (0, 1], got {gen.top_p}")
+        _rule(lp.iterations >= 1, "loop.iterations", f"must be >= 1, got {lp.iterations}")
+        _rule(lp.steps_per_phase >= 1, "loop.steps_per_phase", f"must be >= 1, got {lp.steps_per_phase}")
+        _rule(lp.eval_scenarios >= 2, "loop.eval_scenarios", f"must be >= 2, got {lp.eval_scenarios}")
+        bad = [p for p in lp.phases if p not in ("red", "blue", "eval")]
+        _rule(not bad and lp.phases, "loop.phases", f"must be a non-empty subset of ('red', 'blue', 'eval'), got {lp.phases}")
+        return self
+
+
+def _rule(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name} {message}")
+
+
+def _merge(obj: Any, values: dict, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown config field {prefix + str(key)!r}; valid fields: {sorted(prefix + n for n in names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(current, value, f"{prefix}{key}"))
+
+
+def _coerce(current: Any, value: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return tuple(value)
+    if isinstance(current, (int, float)) and isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-5" as a string
+            value = type(current)(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be {type(current).__name__}, got {value!r}") from None
+    for kind in (int, float, str):
+        if isinstance(current, kind):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+            return value
+    return value
+
+
+def _tiny() -> TrainConfig:
+    cfg = TrainConfig(preset="tiny")
+    cfg.model = ModelConfig(name="tiny", dtype="float32", max_prompt_tokens=256)
+    cfg.generation = GenerationConfig(attacker_max_new_tokens=12, defender_max_new_tokens=12, evaluator_max_new_tokens=8)
+    cfg.grpo = GRPOConfig(group_size=2, batch_size=4, micro_batch_size=4, lr=1e-3)
+    cfg.loop = LoopConfig(iterations=2, steps_per_phase=1, eval_scenarios=4, tensorboard=False)
+    return cfg
+
+
+def _demo() -> TrainConfig:
+    cfg = TrainConfig(preset="demo")
+    cfg.model = ModelConfig(name="smollm2-135m", dtype="bfloat16", max_prompt_tokens=384)
+    cfg.generation = GenerationConfig(attacker_max_new_tokens=40, defender_max_new_tokens=48, evaluator_max_new_tokens=12)
+    cfg.grpo = GRPOConfig(group_size=4, batch_size=16, micro_batch_size=8, lr=2e-4)
+    cfg.loop = LoopConfig(iterations=3, steps_per_phase=2, eval_scenarios=16)
+    return cfg
+
+
+def _qwen(size: str) -> TrainConfig:
+    cfg = TrainConfig(preset=f"qwen3-{size}")
+    cfg.model = ModelConfig(name=f"Qwen/Qwen3-{size.upper()}", dtype="bfloat16", backend="vllm", lora_r=32, lora_alpha=64,
+                            lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), max_prompt_tokens=2048)
+    cfg.game = GameConfig(num_defenders=3, reference_defender="base")
+    cfg.generation = GenerationConfig(attacker_max_new_tokens=256, defender_max_new_tokens=512, evaluator_max_new_tokens=256)
+    cfg.grpo = GRPOConfig(group_size=8, batch_size=128, micro_batch_size=8, lr=1e-5, beta=0.0, eps_high=0.28)
+    cfg.loop = LoopConfig(iterations=10, steps_per_phase=20, eval_scenarios=256)
+    return cfg
+
+
+PRESETS = {"tiny": _tiny, "demo": _demo, "qwen3-4b": lambda: _qwen("4b"), "qwen3-8b": lambda: _qwen("8b")}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def apply_overrides(cfg: TrainConfig, *, yaml_file: str | Path | None = None, sets: list[str] = ()) -> TrainConfig:
+    """Apply a YAML file (nested mapping) and then ``key.sub=value`` strings (values parsed as YAML)."""
+    cfg = copy.deepcopy(cfg)
+    if yaml_file is not None:
+        path = Path(yaml_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        _merge(cfg, yaml.safe_load(path.read_text()) or {}, "")
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        nested: dict = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+        _merge(cfg, nested, "")
+    return cfg
+
+
+RUN_CONTROL_KEYS = ("loop.iterations", "loop.progress", "loop.tensorboard")
+"""keys that may change on --resume (extending a run, display)"""
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)) and list(va) == list(vb)):
+            keys.append(f"{prefix}{k}")
+    return keys
