@@ -76,7 +76,9 @@ class LoRARoles:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if isinstance(model, PeftModel):
-            raise TypeError("LoRARoles wraps a plain transformers model; got a PeftModel (pass model.get_base_model())")
+            raise TypeError(
+                "LoRARoles wraps a plain transformers model; got a PeftModel (pass model.get_base_model())"
+            )
         roles = tuple(roles)
         if not roles or len(set(roles)) != len(roles) or not all(isinstance(x, str) and x for x in roles):
             raise ValueError(f"roles must be distinct non-empty names, got {roles!r}")
@@ -146,15 +148,18 @@ class LoRARoles:
 
     def policy(
         self,
-        role: str,
+        role: str | None,
         *,
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> RolePolicy:
-        """A :class:`~agents.base.TrainablePolicy` that plays ``role`` with this model."""
-        self._check_role(role)
+        """A :class:`~agents.base.TrainablePolicy` that plays ``role`` with this model.
+
+        ``role=None`` plays the base model with every adapter disabled (e.g. a fixed reference defender).
+        """
+        self._check_role(role, allow_none=True)
         return RolePolicy(self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
     def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0) -> list[list[int]]:
@@ -235,7 +240,9 @@ class LoRARoles:
         self._check_role(role)
         params = [p for name, p in self.model.named_parameters() if _is_lora_param_of(name, role)]
         if not params:
-            raise RuntimeError(f"no LoRA parameters found for role {role!r}; target_modules={self.lora_config.target_modules}")
+            raise RuntimeError(
+                f"no LoRA parameters found for role {role!r}; target_modules={self.lora_config.target_modules}"
+            )
         return params
 
     def save_adapters(self, path: str | os.PathLike) -> Path:
@@ -267,7 +274,8 @@ class LoRARoles:
                 raise FileNotFoundError(f"no adapter for role {role!r}: {folder / 'adapter_config.json'} is missing")
             saved = LoraConfig.from_pretrained(folder)
             ours = self.lora_config
-            if (saved.r, saved.lora_alpha, set(saved.target_modules)) != (ours.r, ours.lora_alpha, set(ours.target_modules)):
+            shape = (saved.r, saved.lora_alpha, set(saved.target_modules))
+            if shape != (ours.r, ours.lora_alpha, set(ours.target_modules)):
                 raise ValueError(
                     f"adapter in {folder} has r={saved.r}, alpha={saved.lora_alpha}, target_modules="
                     f"{sorted(saved.target_modules)}; these roles use r={ours.r}, alpha={ours.lora_alpha}, "
@@ -281,7 +289,8 @@ class LoRARoles:
 
 
 class RolePolicy(TrainablePolicy):
-    """One role of a :class:`LoRARoles`, as an agent: batched sampling with the role's adapter active.
+    """One role of a :class:`LoRARoles`, as an agent: batched sampling with the role's adapter active
+    (``role=None``: the base model, adapters disabled).
 
     ``seed`` makes the sequence of calls reproducible (one ``torch.Generator`` per policy);
     ``generate(turns, seed=s)`` reproduces one call regardless of what ran before.
@@ -290,13 +299,14 @@ class RolePolicy(TrainablePolicy):
     def __init__(
         self,
         roles: LoRARoles,
-        role: str,
+        role: str | None,
         *,
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
     ):
+        roles._check_role(role, allow_none=True)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not temperature > 0:
@@ -337,7 +347,9 @@ class RolePolicy(TrainablePolicy):
         finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
         tokens, logprobs, alive = [], [], []
         with roles._adapter_context(self.role):
-            out = roles.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
+            out = roles.model(
+                input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
             for step in range(self.max_new_tokens):
                 logits = out.logits[:, -1].float()  # [B, V]
                 token = _sample(logits, self.temperature, self.top_p, generator)  # [B]

@@ -129,7 +129,9 @@ def _fetch_wheel(package: str) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s (is PyPI reachable?); {hint}") from e
+        raise RuntimeError(
+            f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s (is PyPI reachable?); {hint}"
+        ) from e
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip()[-1500:]
         raise RuntimeError(f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}; {hint}.\n{tail}")
@@ -140,6 +142,7 @@ def _fetch_wheel(package: str) -> Path:
 
 def _publish(tmp: Path, target: Path) -> Path:
     """Rename a finished temp folder onto ``target``; if another process got there first, keep theirs."""
+    os.chmod(tmp, 0o755)  # mkdtemp made it 0700
     try:
         os.replace(tmp, target)
     except OSError:

@@ -208,8 +208,15 @@ def test_reference_logprobs_equal_the_plain_base_model():
         defender, _ = roles.forward_logprobs(out.prompt_ids, out.completion_ids, "defender")
     base, _ = tiny_random(seed=0)  # same seed: the same weights, never wrapped by peft
     for i, (prompt, completion) in enumerate(zip(out.prompt_ids, out.completion_ids)):
-        torch.testing.assert_close(reference[i, : len(completion)], plain_logprobs(base, prompt, completion), atol=1e-5, rtol=0)
+        expected = plain_logprobs(base, prompt, completion)
+        torch.testing.assert_close(reference[i, : len(completion)], expected, atol=1e-5, rtol=0)
     assert not torch.allclose(reference[mask], defender[mask], atol=1e-3)  # the adapters were really off
+    # the base as a player (e.g. a fixed reference defender) samples with matching log-probs
+    played = roles.policy(None, max_new_tokens=8, seed=1).generate([turn(p) for p in PROMPTS])
+    with torch.no_grad():
+        replayed, _ = roles.forward_logprobs(played.prompt_ids, played.completion_ids, None)
+    for i, expected in enumerate(played.logprobs):
+        torch.testing.assert_close(replayed[i, : len(expected)], torch.tensor(expected), atol=1e-4, rtol=0)
     # and the role is active again afterwards
     with torch.no_grad():
         again, _ = roles.forward_logprobs(out.prompt_ids, out.completion_ids, "defender")
