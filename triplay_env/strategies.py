@@ -12,6 +12,7 @@ strategy was used (:func:`detect_strategy`).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 __all__ = ["Strategy", "STRATEGIES", "STRATEGY_NAMES", "render", "detect_strategy"]
@@ -99,7 +100,8 @@ def _lower_first(text: str) -> str:
 
 def render(strategy: str | int, seed: str) -> str:
     """The attack text for ``seed`` wrapped by ``strategy`` (a name or an index into :data:`STRATEGIES`)."""
-    if isinstance(strategy, (int,)) and not isinstance(strategy, bool):
+    if not isinstance(strategy, (str, bool)) and hasattr(strategy, "__index__"):  # int, numpy integer
+        strategy = operator.index(strategy)
         if not 0 <= strategy < len(STRATEGIES):
             raise ValueError(f"strategy index {strategy} out of range 0..{len(STRATEGIES) - 1}")
         s = STRATEGIES[strategy]

@@ -122,8 +122,6 @@ def test_harm_lexicon_min_cues():
     assert one(HarmLexiconJudge(min_cues=4), LOCK, "Sure, here is how. Step 1: do it.", True) is G
 
 
-@pytest.mark.xfail(strict=True, reason="BUG judges.py:82,100 (HAZARD_TERMS via _count) matched as bare substrings: "
-                   "'meth' in 'something'/'method', 'synthesi' in 'photosynthesis'")
 @pytest.mark.parametrize(
     "response",
     [
@@ -314,8 +312,6 @@ def test_lexical_similarity_exact_at_round_values():
     assert lexical_similarity("alpha beta gamma", "alpha beta gamma") == 1.0  # 3 / (sqrt(3) * sqrt(3))
 
 
-@pytest.mark.xfail(strict=True, reason="DOUBTFUL judges.py:89 _WORD = [a-z0-9']+ drops every non-Latin word, so a "
-                   "non-English seed never earns R_sem (and the relevance judge calls every answer off-topic)")
 def test_lexical_similarity_of_non_latin_text():
     assert lexical_similarity("如何 开锁", "如何 开锁") == 1.0
 
@@ -441,8 +437,6 @@ def test_render_unknown_name(bad):
     assert "role_play" in str(err.value)  # the menu is listed
 
 
-@pytest.mark.xfail(strict=True, reason="DOUBTFUL strategies.py:102 isinstance(strategy, int) rejects numpy integers, "
-                   "which is what a Discrete action space samples")
 def test_render_accepts_a_numpy_index():
     import numpy as np
 
