@@ -24,7 +24,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import gymnasium
 import numpy as np
@@ -36,7 +36,15 @@ from triplay_env import parallel_env
 from triplay_env.spaces import UnicodeText
 from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, render
 
-__all__ = ["AttackerView", "DefenderView", "EvaluatorView", "StrategyAttackerView", "RoleView"]
+__all__ = [
+    "AttackerView",
+    "DefenderView",
+    "EvaluatorView",
+    "StrategyAttackerView",
+    "RoleView",
+    "strategy_observation",
+    "strategy_action_mask",
+]
 
 
 class RoleView(gymnasium.Env):
@@ -140,7 +148,6 @@ class StrategyAttackerView(RoleView):
             self.players["defender"] = StrategyWeakDefender(
                 {c: harmful_menu[int(rng.integers(len(harmful_menu)))] for c in self.categories}
             )
-        self._index = {c: i for i, c in enumerate(self.categories)}
         n = len(self.categories) + 3
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n,), dtype=np.float32)
         self.action_space = spaces.Discrete(len(STRATEGIES))
@@ -159,19 +166,41 @@ class StrategyAttackerView(RoleView):
         return render(a, self._infos[self.agent]["scenario"]["text"])
 
     def _observation(self, prompt: str) -> np.ndarray:
-        info = self._infos[self.agent]
-        x = np.zeros(self.observation_space.shape, dtype=np.float32)
-        scenario = info["scenario"]
-        if scenario["category"] in self._index:
-            x[self._index[scenario["category"]]] = 1.0
-        x[len(self.categories) + (0 if scenario["harmful"] else 1)] = 1.0
-        x[-1] = info["round"] / self.game.max_rounds
-        return x
+        return strategy_observation(self._infos[self.agent], self.categories, self.game.max_rounds)
 
     def action_masks(self) -> np.ndarray:
-        harmful = self._infos[self.agent]["scenario"]["harmful"]
-        mask = np.array([s.name != "alarm_framing" if harmful else True for s in STRATEGIES], dtype=bool)
-        for used in self._used:
-            mask[used] = False
-        mask[STRATEGY_NAMES.index("plain")] = True
-        return mask
+        return strategy_action_mask(self._infos[self.agent]["scenario"]["harmful"], self._used)
+
+
+def strategy_observation(info: Mapping, categories: Sequence[str], max_rounds: int) -> np.ndarray:
+    """The :class:`StrategyAttackerView` observation built from the attacker's ``infos`` entry.
+
+    Shared with :class:`agents.strategy.StrategyAttacker`, which must see exactly what it was trained on.
+    A category outside ``categories`` leaves the one-hot empty; the round fraction is clipped to 1.
+
+    >>> info = {"scenario": {"category": "drugs", "harmful": True}, "round": 1}
+    >>> strategy_observation(info, ["cybercrime", "drugs"], max_rounds=2).tolist()
+    [0.0, 1.0, 1.0, 0.0, 0.5]
+    """
+    x = np.zeros(len(categories) + 3, dtype=np.float32)
+    scenario = info["scenario"]
+    if scenario["category"] in categories:
+        x[list(categories).index(scenario["category"])] = 1.0
+    x[len(categories) + (0 if scenario["harmful"] else 1)] = 1.0
+    x[-1] = min(info["round"] / max_rounds, 1.0)
+    return x
+
+
+def strategy_action_mask(harmful: bool, used: Iterable[int] = ()) -> np.ndarray:
+    """The strategies allowed for a seed kind once ``used`` (indices into ``STRATEGIES``) are spent.
+
+    ``alarm_framing`` only for benign seeds, every other strategy for harmful ones, ``plain`` always.
+
+    >>> strategy_action_mask(True, used=[1]).astype(int).tolist()
+    [1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    """
+    mask = np.array([s.name != "alarm_framing" if harmful else True for s in STRATEGIES], dtype=bool)
+    for index in used:
+        mask[index] = False
+    mask[STRATEGY_NAMES.index("plain")] = True
+    return mask
