@@ -41,8 +41,8 @@ import gymnasium
 import numpy as np
 
 from agents.base import Agent, Turn
-from agents.views import strategy_action_mask, strategy_observation
-from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, detect_strategy, render
+from agents.views import strategies_used, strategy_action_mask, strategy_observation
+from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, render
 
 __all__ = ["StrategyAttacker", "evaluate", "ENV_ID", "PPO_DEFAULTS", "METADATA_FILE"]
 
@@ -141,11 +141,9 @@ class StrategyAttacker(Agent):
     def action_mask(self, info: Mapping[str, Any]) -> np.ndarray:
         """The view's mask: strategies that fit the seed kind and were not used in this game's earlier rounds.
 
-        The view tracks the indices it played; here they are read back from the earlier rounds' attacks
-        (``info["history"]``) with :func:`detect_strategy`, since every template leaves its marker.
+        Like the view, it reads them back from the earlier rounds' attacks (every template leaves its marker).
         """
-        used = [STRATEGY_NAMES.index(detect_strategy(r["attack"])) for r in info.get("history", ())]
-        return strategy_action_mask(info["scenario"]["harmful"], used)
+        return strategy_action_mask(info["scenario"]["harmful"], strategies_used(info))
 
     def choose(self, infos: Sequence[Mapping[str, Any]], masks: Sequence[np.ndarray] | None = None) -> list[int]:
         """One strategy index per attacker info (one batched forward pass). ``masks`` default to :meth:`action_mask`."""

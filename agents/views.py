@@ -34,7 +34,7 @@ from agents.base import Agent, turns_from
 from agents.scripted import GuidanceDefender, JudgeEvaluator, StrategyWeakDefender, TemplateAttacker
 from triplay_env import parallel_env
 from triplay_env.spaces import UnicodeText
-from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, render
+from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, detect_strategy, render
 
 __all__ = [
     "AttackerView",
@@ -44,6 +44,7 @@ __all__ = [
     "RoleView",
     "strategy_observation",
     "strategy_action_mask",
+    "strategies_used",
 ]
 
 
@@ -151,10 +152,8 @@ class StrategyAttackerView(RoleView):
         n = len(self.categories) + 3
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n,), dtype=np.float32)
         self.action_space = spaces.Discrete(len(STRATEGIES))
-        self._used: set[int] = set()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        self._used = set()
         _, info = super().reset(seed=seed, options=options)
         return self._observation(""), info
 
@@ -162,14 +161,14 @@ class StrategyAttackerView(RoleView):
         a = int(action)
         if not self.action_space.contains(a):
             raise ValueError(f"strategy index {action!r} outside Discrete({self.action_space.n})")
-        self._used.add(a)
         return render(a, self._infos[self.agent]["scenario"]["text"])
 
     def _observation(self, prompt: str) -> np.ndarray:
         return strategy_observation(self._infos[self.agent], self.categories, self.game.max_rounds)
 
     def action_masks(self) -> np.ndarray:
-        return strategy_action_mask(self._infos[self.agent]["scenario"]["harmful"], self._used)
+        info = self._infos[self.agent]
+        return strategy_action_mask(info["scenario"]["harmful"], strategies_used(info))
 
 
 def strategy_observation(info: Mapping, categories: Sequence[str], max_rounds: int) -> np.ndarray:
@@ -189,6 +188,11 @@ def strategy_observation(info: Mapping, categories: Sequence[str], max_rounds: i
     x[len(categories) + (0 if scenario["harmful"] else 1)] = 1.0
     x[-1] = min(info["round"] / max_rounds, 1.0)
     return x
+
+
+def strategies_used(info: Mapping) -> list[int]:
+    """Indices of the strategies played in this game's earlier rounds, read back from their markers."""
+    return [STRATEGY_NAMES.index(detect_strategy(r["attack"])) for r in info.get("history", ())]
 
 
 def strategy_action_mask(harmful: bool, used: Iterable[int] = ()) -> np.ndarray:
