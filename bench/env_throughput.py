@@ -7,6 +7,9 @@ Sections (each a function ``bench_<name>(quick: bool) -> list[dict]``, listed in
   ``sentence_bleu`` at 10k, and the two ratios that matter, measured side by side in one run:
   time(largest pool) / time(1k), target < 2x (the cost must not grow with the pool), and
   nltk(10k) / ours(10k), target >= 100x.
+* ``episodes``: full episodes per CPU second with scripted agents, ``triplay`` rewards, the offline panel
+  and a 10,000-entry pool (no embedder), target >= 1,000 on one core; played as one lockstep batch of 32
+  and one env at a time.
 
 Times are CPU seconds of this process (``time.process_time``), the best of several interleaved rounds.
 
@@ -183,9 +186,39 @@ def bench_diversity(quick: bool) -> list[dict]:
     return rows
 
 
+def bench_episodes(quick: bool) -> list[dict]:
+    """Full episodes per CPU second: scripted agents, triplay rewards, the offline panel, a full 10k pool.
+
+    The defender is weak to one strategy, so about one attack in eleven succeeds and joins (and evicts from)
+    the pool; every attack is scored against all 10,000 entries. One process, one thread: "one core".
+    """
+    import triplay_env
+    from agents.scripted import JudgeEvaluator, StrategyWeakDefender, TemplateAttacker
+    from training.rollout import run_lockstep
+
+    pool = triplay_env.AttackSuccessPool(capacity=10_000)
+    for attack in synthetic_attacks(10_000, seed=1):
+        pool.add(attack)
+    players = {"attacker": TemplateAttacker(seed=0), "defender": StrategyWeakDefender(default_weakness="role_play"),
+               "evaluator": JudgeEvaluator()}
+    envs = [triplay_env.parallel_env(attack_success_pool=pool) for _ in range(32)]
+    rows = []
+    for label, batch in (("lockstep batch of 32", 32), ("one env at a time", 1)):
+        episodes = 0
+        start = time.process_time()
+        seed = 0
+        while time.process_time() - start < (1.0 if quick else 4.0):
+            run_lockstep(envs[:batch], players, list(range(seed, seed + batch)))
+            seed += batch
+            episodes += batch
+        rate = episodes / (time.process_time() - start)
+        rows.append(row("episodes", f"episodes / CPU s, {label}", len(pool), rate, "episodes/s", ">= 1,000", rate >= 1000))
+    return rows
+
+
 SECTIONS: dict[str, Callable[[bool], list[dict]]] = {
     "diversity": bench_diversity,
-    # "episodes": bench_episodes,  (to come: env steps per second with scripted agents)
+    "episodes": bench_episodes,
 }
 
 

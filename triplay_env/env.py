@@ -292,6 +292,7 @@ class TriPlayEnv(ParallelEnv):
 
     def _start_game(self, scenario: Scenario | None) -> None:
         self.scenario = scenario if scenario is not None else self.scenario_set.sample(self._rng)
+        self._scenario_dict = self.scenario.to_dict()
         self.history: list[dict] = []
         self._round = 0
         self._phase = Phase.ATTACK
@@ -329,7 +330,7 @@ class TriPlayEnv(ParallelEnv):
             e = np.asarray(self.embedder([scenario.text, self._attack]), dtype=np.float64)
             attack_embedding = e[1]
             similarity = float(e[0] @ e[1]) if self.similarity is None else self.similarity(scenario.text, self._attack)
-            cosine = pool.cosine(attack_embedding)
+            cosine = pool.cosine(attack_embedding) if np.any(attack_embedding) else 0.0
         else:
             similarity = (self.similarity or lexical_similarity)(scenario.text, self._attack)
             cosine = 0.0
@@ -339,9 +340,9 @@ class TriPlayEnv(ParallelEnv):
             panel_verdicts=panel_verdicts,
             evaluator_verdicts=evaluator_verdicts,
             defender_weights=self.defender_weights,
-            semantic_similarity=float(np.clip(similarity, 0.0, 1.0)),
+            semantic_similarity=min(max(float(similarity), 0.0), 1.0),
             self_bleu=pool.self_bleu(self._attack),
-            cosine=float(np.clip(cosine, 0.0, 1.0)),
+            cosine=min(max(float(cosine), 0.0), 1.0),
         )
         paid = self.reward_scheme.rewards(outcome)
         rewards["attacker_0"] = float(paid.attacker)
@@ -357,7 +358,7 @@ class TriPlayEnv(ParallelEnv):
         if success:
             pool.add(self._attack, attack_embedding)
         record = {
-            "scenario": scenario.to_dict(),
+            "scenario": self._scenario_dict,
             "game": self._game,
             "round": self._round,
             "attack": self._attack,
@@ -399,7 +400,7 @@ class TriPlayEnv(ParallelEnv):
             "phase": self._phase.name.lower(),
             "round": self._round,
             "game": self._game,
-            "scenario": self.scenario.to_dict(),
+            "scenario": self._scenario_dict,
             "attack": self._attack,
             "responses": self._responses,
             "history": tuple(self.history),

@@ -19,6 +19,7 @@ human-labelled refusal judgments (REFERENCE.md §4).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -127,12 +128,21 @@ def lexical_similarity(a: str, b: str) -> float:
     >>> round(lexical_similarity("kill a stuck process", "to kill the stuck process run kill -9"), 3)
     0.816
     """
-    ca = Counter(w for w in _WORD.findall(_norm(a)) if w not in _STOP)
-    cb = Counter(w for w in _WORD.findall(_norm(b)) if w not in _STOP)
+    ca, na = _content_words(a)
+    cb, nb = _content_words(b)
     if not ca or not cb:
         return 0.0
-    dot = sum(v * cb[w] for w, v in ca.items())
-    return dot / (sum(v * v for v in ca.values()) * sum(v * v for v in cb.values())) ** 0.5  # one sqrt: exact for 1/2, 1
+    if len(ca) > len(cb):
+        ca, cb = cb, ca
+    dot = sum(v * cb.get(w, 0) for w, v in ca.items())
+    return dot / (na * nb) ** 0.5  # one sqrt: exact for 1/2 and 1
+
+
+@functools.lru_cache(maxsize=8192)  # a round compares the same attack several times (judges, R_sem)
+def _content_words(text: str) -> tuple[dict[str, int], int]:
+    """Content-word counts of ``text`` and their squared norm (read-only: the result is cached)."""
+    counts = Counter(w for w in _WORD.findall(_norm(text)) if w not in _STOP)
+    return counts, sum(v * v for v in counts.values())
 
 
 def _safe_verdict(text: str, refused: bool) -> Verdict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Scenario:
         return "harmful" if self.harmful else "benign"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"text": self.text, "category": self.category, "harmful": self.harmful, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scenario:
