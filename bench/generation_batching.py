@@ -65,7 +65,8 @@ def play(policies: dict, seeds: list, batch_size: int) -> tuple[float, int]:
         nonlocal tokens
         texts = []
         for start in range(0, len(messages), batch_size):
-            turns = [Turn(agent=f"{role}_0", role=role, prompt="", messages=m) for m in messages[start : start + batch_size]]
+            chunk = messages[start : start + batch_size]
+            turns = [Turn(agent=f"{role}_0", role=role, prompt="", messages=m) for m in chunk]
             out = policies[role].generate(turns)
             tokens += sum(len(c) for c in out.completion_ids)
             texts += out.texts
@@ -79,7 +80,9 @@ def play(policies: dict, seeds: list, batch_size: int) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m (default, bf16), tiny (fp32), or a folder")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="smollm2-135m (default, bf16), tiny (fp32), or a folder"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer episodes (N=8)")
     parser.add_argument("--episodes", type=int, help="N: episodes (default 32, --quick 8)")
     parser.add_argument("--tokens", type=int, default=32, help="T: new tokens per generate call and turn (default 32)")

@@ -82,7 +82,10 @@ def child(setup: str, model_name: str, batch: int, tokens: int) -> dict:
     if setup == "baseline":
         from transformers import AutoTokenizer
 
-        tokenizer = tiny_random()[1] if model_name == "tiny" else AutoTokenizer.from_pretrained(model_folder(model_name))
+        if model_name == "tiny":
+            tokenizer = tiny_random()[1]
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(model_folder(model_name))
         players = []
     elif setup == "ours":
         roles = LoRARoles(*load())
@@ -135,7 +138,8 @@ def run_setup(setup: str, args) -> dict:
 
 def markdown_table(rows: list[dict], base: dict) -> str:
     lines = [
-        "| setup | parameters | peak RSS (MiB) | above baseline (MiB) | forward-phase peak (MiB) | load (s) | forward (s) |",
+        "| setup | parameters | peak RSS (MiB) | above baseline (MiB) | forward-phase peak (MiB) | load (s) "
+        "| forward (s) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
