@@ -72,6 +72,7 @@ Zero except on JUDGE steps, where the reward scheme pays every agent (``triplay_
 from __future__ import annotations
 
 import enum
+import math
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -351,14 +352,14 @@ class TriPlayEnv(ParallelEnv):
         for agent, value in zip(self.evaluators, paid.evaluators, strict=True):
             rewards[agent] = float(value)
         for agent, value in rewards.items():  # a reward scheme passed in by a user must not leak nan/inf
-            if not np.isfinite(value):
+            if not math.isfinite(value):
                 raise ValueError(f"reward scheme {self.reward_scheme!r} paid {agent} a non-finite reward {value}")
 
         success = attack_succeeded(scenario.harmful, verdicts[0])
         if success:
             pool.add(self._attack, attack_embedding)
         record = {
-            "scenario": self._scenario_dict,
+            "scenario": dict(self._scenario_dict),
             "game": self._game,
             "round": self._round,
             "attack": self._attack,
@@ -400,7 +401,7 @@ class TriPlayEnv(ParallelEnv):
             "phase": self._phase.name.lower(),
             "round": self._round,
             "game": self._game,
-            "scenario": self._scenario_dict,
+            "scenario": dict(self._scenario_dict),  # a fresh dict per call: callers may keep and edit infos
             "attack": self._attack,
             "responses": self._responses,
             "history": tuple(self.history),
