@@ -72,8 +72,8 @@ Zero except on JUDGE steps, where the reward scheme pays every agent (``triplay_
 from __future__ import annotations
 
 import enum
-import math
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
