@@ -227,8 +227,14 @@ class CoEvolution:
     @torch.no_grad()
     def evaluate(self, iteration: int) -> dict:
         """Held-out games played by the current policies, judged by the panel; fresh seeded sampling each time."""
+        from triplay_env import AttackSuccessPool
+
         cfg = self.cfg
         t0 = time.perf_counter()
+        for env in self.eval_envs:
+            # a fresh private pool per evaluation: held-out numbers depend on the current policies alone, not on
+            # the attacks the previous evaluation left in the pool (which a resumed run does not have)
+            env.attack_success_pool = AttackSuccessPool(capacity=1)
         gen = cfg.generation
         players = dict(self.players)
         lengths = {"attacker": gen.attacker_max_new_tokens, "defender": gen.defender_max_new_tokens,
