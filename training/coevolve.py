@@ -247,7 +247,8 @@ class CoEvolution:
         record = {"iteration": iteration, "phase": "heldout", "step": 0,
                   **{"eval/" + k: v for k, v in judged_metrics(rollout.judged).items()}}
         for agent in ("attacker_0", "defender_0", "evaluator_0"):
-            record[f"eval/reward_{agent.rpartition('_')[0]}"] = rollout.returns.get(agent, 0.0) / len(self.eval_envs)
+            # "heldout_": the P_Eval phase logs its training reward as eval/reward_evaluator
+            record[f"eval/heldout_reward_{agent.rpartition('_')[0]}"] = rollout.returns.get(agent, 0.0) / len(self.eval_envs)
         record["time/eval_s"] = time.perf_counter() - t0
         self.log(f"[iter {iteration}] held-out: ASR {record['eval/attack_success_rate']:.2f}  unsafe {record['eval/unsafe_rate']:.2f}  "
                  f"refusal {record['eval/refusal_rate']:.2f}  guidance {record['eval/guidance_rate']:.2f}  "
