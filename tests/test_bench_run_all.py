@@ -1,0 +1,44 @@
+"""bench/run_all.py: collects each script's table, names the machine and command, reports failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "bench" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_render_and_readme_block(tmp_path, monkeypatch):
+    run_all = _load()
+    ok = tmp_path / "ok_bench.py"
+    ok.write_text("import sys\nprint('noise')\nprint('| a | b |')\nprint('|---|---|')\nprint('| 1 | 2.0x |')\n")
+    bad = tmp_path / "bad_bench.py"
+    bad.write_text("raise SystemExit('boom')\n")
+    monkeypatch.setattr(run_all, "BENCH", tmp_path)
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)
+    monkeypatch.setattr(run_all, "__file__", str(tmp_path / "run_all.py"))
+    results = [run_all.run_script(p, quick=True, timeout=60) for p in run_all.scripts()]
+    assert [r["name"] for r in results] == ["bad_bench", "ok_bench"]
+    assert results[0]["code"] == 1 and "boom" in "\n".join(results[0]["tail"])
+    assert results[1]["code"] == 0 and results[1]["table"] == "| a | b |\n|---|---|\n| 1 | 2.0x |"
+    text = run_all.render(results, quick=True, command="python bench/run_all.py --quick")
+    assert "FAILED (exit 1)" in text and "| 1 | 2.0x |" in text and "cores" in text and "torch" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{run_all.START}\nold\n{run_all.END}\noutro\n")
+    run_all.update_readme(text, readme)
+    new = readme.read_text()
+    assert "old" not in new and "| 1 | 2.0x |" in new and new.startswith("intro\n") and new.endswith("outro\n")
+
+
+def test_every_bench_script_accepts_quick():
+    run_all = _load()
+    for path in run_all.scripts():
+        assert "--quick" in path.read_text(), f"{path.name} must accept --quick (run_all passes it in CI)"
