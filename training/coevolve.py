@@ -120,6 +120,10 @@ class CoEvolution:
             model, tokenizer = tiny_random(seed=cfg.loop.seed)
         else:
             model, tokenizer = load_model(cfg.model.name, dtype=getattr(torch, cfg.model.dtype))
+        device = cfg.model.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = model.to(device)
         self.load_seconds = time.perf_counter() - t0
         self.roles = LoRARoles(
             model, tokenizer, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha,

@@ -36,6 +36,8 @@ class ModelConfig:
     """``tiny`` (random 2-layer model for tests), ``smollm2-135m`` (offline GGUF), a local folder or a hub id"""
     dtype: str = "float32"
     """``float32`` or ``bfloat16`` (bf16 halves memory and is faster for SmolLM2 on CPU)"""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``"""
     backend: str = "hf"
     """rollout generation: ``hf`` (transformers, in process) or ``vllm`` (multi-LoRA engine, GPU presets)"""
     lora_r: int = 8
@@ -186,6 +188,8 @@ class TrainConfig:
         _rule(g.max_grad_norm > 0, "grpo.max_grad_norm", f"must be > 0, got {g.max_grad_norm}")
         _rule(g.weight_decay >= 0, "grpo.weight_decay", f"must be >= 0, got {g.weight_decay}")
         _rule(m.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {m.dtype!r}")
+        _rule(m.device == "auto" or m.device == "cpu" or m.device.startswith("cuda"), "model.device",
+              f"must be auto, cpu, cuda or cuda:N, got {m.device!r}")
         _rule(m.backend in ("hf", "vllm"), "model.backend", f"must be hf or vllm, got {m.backend!r}")
         _rule(m.lora_r >= 1 and m.lora_alpha >= 1, "model.lora_r", f"lora_r and lora_alpha must be >= 1, got {m.lora_r}, {m.lora_alpha}")
         _rule(m.max_prompt_tokens >= 16, "model.max_prompt_tokens", f"must be >= 16, got {m.max_prompt_tokens}")

@@ -91,9 +91,9 @@ class GRPOTrainer:
                     logprobs, mask = self.roles.forward_logprobs(
                         [s.prompt_ids for s in micro], [s.completion_ids for s in micro], role, temperature=self.temperature
                     )  # [b, t], [b, t]
-                    t = logprobs.shape[1]
-                    old = _pad([s.old_logprobs for s in micro], t)  # [b, t]
-                    advantages = torch.tensor([s.advantage for s in micro], dtype=torch.float32)  # [b]
+                    t, device = logprobs.shape[1], logprobs.device
+                    old = _pad([s.old_logprobs for s in micro], t).to(device)  # [b, t]
+                    advantages = torch.tensor([s.advantage for s in micro], dtype=torch.float32, device=device)  # [b]
                     loss, metrics = grpo_loss(
                         logprobs, old, advantages, mask.float(),
                         loss_type=cfg.loss_type, eps_low=cfg.eps_low, eps_high=cfg.eps_high, beta=cfg.beta,
@@ -128,7 +128,7 @@ class GRPOTrainer:
     @torch.no_grad()
     def _reference_logprobs(self, samples: Sequence[Sample]) -> torch.Tensor:
         width = max(len(s.completion_ids) for s in samples)
-        out = torch.zeros(len(samples), width)  # [B, T]
+        out = torch.zeros(len(samples), width, device=self.roles.device)  # [B, T]
         for start in range(0, len(samples), self.cfg.micro_batch_size):
             micro = samples[start : start + self.cfg.micro_batch_size]
             logprobs, _ = self.roles.forward_logprobs(
