@@ -9,8 +9,9 @@ the last one pushes new attacker weights.
 vLLM runs in ``TRIPLAY_VLLM_DTYPE`` (default ``float32``: on a CPU without AVX512-BF16, vLLM's bf16 LoRA path is
 ~4x slower; ``bfloat16`` is what a GPU run uses). The transformers side is always float32 (SmolLM2's bf16
 weights upcast exactly): the reference values of the same weights. Bounds on |vLLM - reference| per token:
-2e-3 in float32 (measured: 5e-5), 0.5 in bfloat16 (bf16 keeps 8 significant bits, so a logit near 20 is
-rounded by up to 0.06, and such errors compound over 30 layers; measured: see the lane's report line).
+2e-3 in float32 (measured max 5e-5), 0.5 in bfloat16 (bf16 keeps 8 significant bits, so a logit near 20 is
+rounded by up to 0.06, and such errors compound over 30 layers; measured max 0.24, mean 0.05). The lane
+prints every check's [max, mean] difference on a line starting with ``vllm-lane:``.
 """
 
 from __future__ import annotations
@@ -256,6 +257,6 @@ def test_new_attacker_weights_get_a_new_id_and_are_served_at_once(stack, greedy,
     worst_old, _ = report("after_push/attacker_vs_old_weights", old_diffs)
     assert worst_new <= TOL
     # all requests of one call use the same adapter id: had vLLM served the old weights, every token would be
-    # within TOL of the old adapter's log-probs (a larger scale than 0.3 makes the model so ill-conditioned
-    # that two float32 implementations disagree on its argmax)
-    assert worst_old > 10 * TOL, "vLLM's log-probs after the push look like the old adapter's"
+    # within TOL of the old adapter's log-probs (measured max: 14 in float32, 6 in bfloat16; a scale above 0.3
+    # makes the model so ill-conditioned that two float32 implementations disagree on its argmax)
+    assert worst_old > 4 * TOL, "vLLM's log-probs after the push look like the old adapter's"
