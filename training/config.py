@@ -6,7 +6,7 @@ raises ``ConfigError`` naming the field and the broken rule. Presets:
 | preset | model | what it is for |
 |---|---|---|
 | ``tiny`` | 2-layer random model (3M params) | tests and CI: seconds |
-| ``demo`` | SmolLM2-135M-Instruct (CPU, bf16) | the README's main job: a few minutes on a laptop |
+| ``demo`` | SmolLM2-135M-Instruct (CPU, fp32) | the README's main job: a few minutes on a laptop |
 | ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale |
 | ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale |
 
@@ -35,7 +35,7 @@ class ModelConfig:
     name: str = "tiny"
     """``tiny`` (random 2-layer model for tests), ``smollm2-135m`` (offline GGUF), a local folder or a hub id"""
     dtype: str = "float32"
-    """``float32`` or ``bfloat16`` (bf16 halves memory and is faster for SmolLM2 on CPU)"""
+    """``float32`` or ``bfloat16`` (bf16 halves memory; on CPUs without AVX512-BF16 it is far slower: measure first)"""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``"""
     backend: str = "hf"
@@ -272,7 +272,8 @@ def _tiny() -> TrainConfig:
 
 def _demo() -> TrainConfig:
     cfg = TrainConfig(preset="demo")
-    cfg.model = ModelConfig(name="smollm2-135m", dtype="bfloat16", max_prompt_tokens=384)
+    # float32: CPUs without AVX512-BF16 (like this project's 2-core machines) run bf16 matmuls ~35x slower
+    cfg.model = ModelConfig(name="smollm2-135m", dtype="float32", max_prompt_tokens=384)
     cfg.generation = GenerationConfig(attacker_max_new_tokens=40, defender_max_new_tokens=48, evaluator_max_new_tokens=12)
     cfg.grpo = GRPOConfig(group_size=4, batch_size=16, micro_batch_size=8, lr=2e-4)
     cfg.loop = LoopConfig(iterations=3, steps_per_phase=2, eval_scenarios=16)
