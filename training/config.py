@@ -273,10 +273,11 @@ def _tiny() -> TrainConfig:
 def _demo() -> TrainConfig:
     cfg = TrainConfig(preset="demo")
     # float32: CPUs without AVX512-BF16 (like this project's 2-core machines) run bf16 matmuls ~35x slower
-    cfg.model = ModelConfig(name="smollm2-135m", dtype="float32", max_prompt_tokens=384)
-    cfg.generation = GenerationConfig(attacker_max_new_tokens=40, defender_max_new_tokens=48, evaluator_max_new_tokens=12)
-    cfg.grpo = GRPOConfig(group_size=4, batch_size=16, micro_batch_size=8, lr=2e-4)
-    cfg.loop = LoopConfig(iterations=3, steps_per_phase=2, eval_scenarios=16)
+    cfg.model = ModelConfig(name="smollm2-135m", dtype="float32", max_prompt_tokens=256)
+    # prompt prefill dominates on CPU: small batches and short completions keep 3 iterations within minutes
+    cfg.generation = GenerationConfig(attacker_max_new_tokens=32, defender_max_new_tokens=40, evaluator_max_new_tokens=8)
+    cfg.grpo = GRPOConfig(group_size=4, batch_size=8, micro_batch_size=8, lr=2e-4)
+    cfg.loop = LoopConfig(iterations=3, steps_per_phase=1, eval_scenarios=8)
     return cfg
 
 
