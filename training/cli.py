@@ -1,4 +1,4 @@
-"""The ``triplay`` command: ``train``, ``play`` and ``data``."""
+"""The ``triplay`` command: ``train``, ``eval``, ``play`` and ``data``."""
 
 from __future__ import annotations
 
@@ -105,16 +105,84 @@ def _run_train(args) -> int:
     return 0
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _add_eval(sub) -> None:
+    from training.evaluation import DEFAULT_DATASETS, DEFAULT_TARGETS, SECTIONS
+
+    p = sub.add_parser(
+        "eval", help="measure a run, saved adapters or a base model on held-out benchmarks; writes eval.json + eval.md",
+        description="Defender, attacker, evaluator and capability metrics on data training never saw, judged by the "
+                    "offline panel or an HTTP judge (named in the output). With --run: iteration 0 (adapters "
+                    "disabled) vs the final checkpoint.")
+    what = p.add_argument_group("what to evaluate (one of)")
+    what.add_argument("--run", help="a run directory (runs/<name>): iteration 0 vs its final checkpoint")
+    what.add_argument("--adapters", help="a folder of saved adapters (<role>/adapter_config.json): base vs adapters")
+    what.add_argument("--model", help="the base model (tiny, smollm2-135m, a folder); alone: the bare model. With "
+                                      "--run/--adapters it must be the model they were trained on")
+    p.add_argument("--out", help="output folder (default <run>/eval, else eval-<model>)")
+    data = p.add_argument_group("data")
+    data.add_argument("--datasets", type=_csv, default=DEFAULT_DATASETS,
+                      help=f"harmful seed sources, comma-separated: names from 'triplay data list' or local "
+                           f".csv/.tsv/.jsonl files (default {','.join(DEFAULT_DATASETS)})")
+    data.add_argument("--benign", default="builtin-benign", help="benign look-alikes for over-refusal (default builtin-benign)")
+    data.add_argument("--split", default="heldout", choices=("heldout", "train", "all"),
+                      help="stable-hash split to draw seeds from (default heldout: never seen in training)")
+    data.add_argument("--limit", type=int, default=32, help="seeds per dataset, 0 = all (default 32)")
+    data.add_argument("--seed", type=int, default=0, help="seeds the choice of seeds and all sampling (default 0)")
+    data.add_argument("--skip-missing", action="store_true",
+                      help="record datasets that are not pulled as skipped instead of stopping")
+    data.add_argument("--refusal-judgments", default="refusal-judgments",
+                      help="human-labelled refusal judgments: the registry name or a folder with refusal.csv")
+    data.add_argument("--refusal-limit", type=int, default=0, help="refusal judgments used, 0 = all (default)")
+    p.add_argument("--sections", type=_csv, default=SECTIONS,
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default all; 'judge' alone needs no model)")
+    play = p.add_argument_group("opponents")
+    play.add_argument("--attacker", default="template", choices=("template", "base", "self", "http"),
+                      help="who writes the attacks the defender faces (default template: the same for every stage)")
+    play.add_argument("--attacker-url", help="OpenAI-compatible API root for --attacker http")
+    play.add_argument("--attacker-model", help="model name for --attacker http")
+    play.add_argument("--targets", type=_csv, default=DEFAULT_TARGETS,
+                      help=f"fixed defenders the attacker is scored against: base, http, weak:<strategy>, refuse, "
+                           f"comply, guidance, weak (default {','.join(DEFAULT_TARGETS)})")
+    play.add_argument("--target-url", help="OpenAI-compatible API root for target http")
+    play.add_argument("--target-model", help="model name for target http")
+    judge = p.add_argument_group("safety judge (default: the offline panel)")
+    judge.add_argument("--judge-url", help="OpenAI-compatible API root of an LLM judge that replaces the offline panel")
+    judge.add_argument("--judge-model", help="its model name, e.g. meta-llama/Llama-Guard-3-8B or allenai/wildguard")
+    judge.add_argument("--judge-mode", default="verdict", choices=("verdict", "llama_guard", "wildguard"),
+                       help="how to read its replies (default verdict: our VERDICT: line)")
+    judge.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request attempt (default 60)")
+    judge.add_argument("--embedder", action="store_true",
+                       help="all-MiniLM-L6-v2 for the panel's relevance judge, attack distance and fidelity")
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--batch-size", type=int, default=32, help="games per batched generate call (default 32)")
+    gen.add_argument("--temperature", type=float, help="sampling temperature (default: the run's, else 1.0)")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16"), help="model dtype (default: the run's)")
+
+
+def _run_eval(args) -> int:
+    from training.evaluation import EvalOptions, run_eval
+
+    fields = EvalOptions.__dataclass_fields__
+    opts = EvalOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    run_eval(opts)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triplay", description="TriPlay: tri-role self-play safety alignment")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_eval(sub)
     _add_play(sub)
     _add_data(sub)
     return parser
 
 
-COMMANDS = {"train": _run_train, "play": _run_play, "data": _run_data}
+COMMANDS = {"train": _run_train, "eval": _run_eval, "play": _run_play, "data": _run_data}
 
 
 def main(argv: list[str] | None = None) -> int:
