@@ -13,8 +13,10 @@ any chat model behind an HTTP endpoint, see ``agents.openai_compat``) plugs in t
 
 A judge may abstain (``None``): the panel ignores abstentions, takes the most common verdict, and breaks
 ties by severity (unsafe > refusal > guidance), so a split panel errs towards flagging harm. The phrase
-lists are ours; "refusal keywords or low prompt/response similarity" is the rule that scored 0.95 on 169
-human-labelled refusal judgments (REFERENCE.md §4).
+lists are ours. On PyRIT's 169 human-labelled refusal judgments the rule "refusal keywords or low
+prompt/response similarity" scores 0.94 with MiniLM (0.90 lexical); the panel's REFUSAL verdict scores
+0.63, because it calls a refusal that goes on to help safely *guidance*, which those labels count as a
+refusal (measured with ``triplay eval --sections judge [--embedder]``).
 """
 
 from __future__ import annotations
