@@ -14,12 +14,13 @@ built from the env's observation and ``infos[agent]`` by :func:`turns_from`.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Agent", "TrainablePolicy", "Turn", "Generation", "ROLES", "role_of", "turns_from"]
+__all__ = ["Agent", "TrainablePolicy", "Turn", "Generation", "ROLES", "role_of", "turns_from", "encode_chat_prompts"]
 
 ROLES = ("attacker", "defender", "evaluator")
 
@@ -99,3 +100,25 @@ def turns_from(observations: Mapping[str, Mapping], infos: Mapping[str, Mapping]
         )
         for a in agents
     ]
+
+
+def encode_chat_prompts(tokenizer, turns: Sequence[Turn], limit: int, *, stacklevel: int = 3) -> list[list[int]]:
+    """Chat-template each turn's messages (``add_generation_prompt=True``) and tokenize; every backend uses this,
+    so transformers and vLLM see the same prompt ids.
+
+    A turn without messages is sent as one user message holding ``turn.prompt``. Prompts longer than ``limit``
+    tokens keep their last ``limit`` tokens (the most recent text and the generation prompt), with a warning.
+    """
+    prompts = []
+    for turn in turns:
+        messages = [dict(m) for m in turn.messages] or [{"role": "user", "content": turn.prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompts.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    too_long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) > limit]
+    if too_long:
+        warnings.warn(
+            f"{len(too_long)} prompt(s) longer than {limit} tokens were cut from the left (index, length): {too_long[:5]}",
+            stacklevel=stacklevel,
+        )
+        prompts = [p[-limit:] if len(p) > limit else p for p in prompts]
+    return prompts

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from agents.base import ROLES, Generation, TrainablePolicy, Turn
+from agents.base import ROLES, Generation, TrainablePolicy, Turn, encode_chat_prompts
 
 __all__ = ["LoRARoles", "RolePolicy"]
 
@@ -171,20 +170,7 @@ class LoRARoles:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length}"
             )
-        prompts = []
-        for turn in turns:
-            messages = [dict(m) for m in turn.messages] or [{"role": "user", "content": turn.prompt}]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            prompts.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        too_long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) > limit]
-        if too_long:
-            warnings.warn(
-                f"{len(too_long)} prompt(s) longer than {limit} tokens were cut from the left "
-                f"(index, length): {too_long[:5]}",
-                stacklevel=3,
-            )
-            prompts = [p[-limit:] if len(p) > limit else p for p in prompts]
-        return prompts
+        return encode_chat_prompts(self.tokenizer, turns, limit, stacklevel=4)
 
     def forward_logprobs(
         self,

@@ -70,12 +70,11 @@ import os
 import random
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.base import ROLES, Generation, TrainablePolicy, Turn
+from agents.base import ROLES, Generation, TrainablePolicy, Turn, encode_chat_prompts
 
 __all__ = ["VLLMRoles", "VLLMRolePolicy", "INSTALL_HINT"]
 
@@ -271,20 +270,7 @@ class VLLMRoles:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_model_len={self.max_model_len}"
             )
-        prompts = []
-        for turn in turns:
-            messages = [dict(m) for m in turn.messages] or [{"role": "user", "content": turn.prompt}]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            prompts.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-        too_long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) > limit]
-        if too_long:
-            warnings.warn(
-                f"{len(too_long)} prompt(s) longer than {limit} tokens were cut from the left "
-                f"(index, length): {too_long[:5]}",
-                stacklevel=3,
-            )
-            prompts = [p[-limit:] if len(p) > limit else p for p in prompts]
-        return prompts
+        return encode_chat_prompts(self.tokenizer, turns, limit, stacklevel=4)
 
     def generate_mixed(
         self, batches: Sequence[tuple[VLLMRolePolicy, Sequence[Turn]]], *, seed: int | None = None
