@@ -114,7 +114,8 @@ class CoEvolution:
 
         cfg = self.cfg
         if cfg.model.backend == "vllm":
-            raise ConfigError("model.backend='vllm' needs a GPU machine with the vllm extra; use backend=hf on CPU")
+            raise ConfigError("model.backend='vllm': the loop does not drive agents.vllm_agent yet; "
+                              "use --set model.backend=hf (transformers rollouts, CPU or GPU)")
         t0 = time.perf_counter()
         if cfg.model.name == "tiny":
             model, tokenizer = tiny_random(seed=cfg.loop.seed)

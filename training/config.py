@@ -7,8 +7,8 @@ raises ``ConfigError`` naming the field and the broken rule. Presets:
 |---|---|---|
 | ``tiny`` | 2-layer random model (3M params) | tests and CI: seconds |
 | ``demo`` | SmolLM2-135M-Instruct (CPU, fp32) | the README's main job: a few minutes on a laptop |
-| ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale |
-| ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale |
+| ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale (the loop does not drive the vLLM backend yet: use ``--set model.backend=hf``) |
+| ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale (same) |
 
 Overrides: ``--set grpo.lr=5e-5`` (dotted key = YAML value) and ``--config file.yaml`` (nested mapping).
 """
