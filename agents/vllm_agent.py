@@ -74,7 +74,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.base import ROLES, Generation, TrainablePolicy, Turn, encode_chat_prompts
+from agents.base import ROLES, Generation, TrainablePolicy, Turn, check_response_prefix, encode_chat_prompts
 
 __all__ = ["VLLMRoles", "VLLMRolePolicy", "INSTALL_HINT"]
 
@@ -223,10 +223,12 @@ class VLLMRoles:
             pushed[role] = request
         return pushed
 
-    def push_from(self, lora_roles) -> dict[str, Any]:
-        """Save ``lora_roles``' adapters (a :class:`~agents.hf.LoRARoles`) and :meth:`push_adapters` them."""
+    def push_from(self, lora_roles, *, roles: Sequence[str] | None = None) -> dict[str, Any]:
+        """Save ``lora_roles``' adapters (a :class:`~agents.hf.LoRARoles`) and :meth:`push_adapters` them:
+        ``roles`` (default: all of ``lora_roles.roles``), e.g. only the role an update just changed."""
         with tempfile.TemporaryDirectory(prefix=".save.", dir=self.adapter_root) as tmp:
-            return self.push_adapters(lora_roles.save_adapters(Path(tmp) / "adapters"), roles=lora_roles.roles)
+            folder = lora_roles.save_adapters(Path(tmp) / "adapters")
+            return self.push_adapters(folder, roles=lora_roles.roles if roles is None else roles)
 
     def lora_request(self, role: str | None):
         """The ``LoRARequest`` serving ``role`` now (None for ``role=None``, the base)."""
@@ -255,14 +257,16 @@ class VLLMRoles:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        response_prefix: str = "",
     ) -> VLLMRolePolicy:
         """A :class:`~agents.base.TrainablePolicy` that plays ``role`` (None: the base model, no adapter)."""
         return VLLMRolePolicy(
-            self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            response_prefix=response_prefix,
         )
 
-    def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0) -> list[list[int]]:
-        """Chat-template each turn's messages (``add_generation_prompt=True``) and tokenize, as
+    def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0, prefix: str = "") -> list[list[int]]:
+        """Chat-template each turn's messages (``add_generation_prompt=True``), append ``prefix``, tokenize, as
         :meth:`LoRARoles.encode_prompts` does; prompts longer than ``max_model_len - max_new_tokens`` keep
         their last tokens, with a warning."""
         limit = self.max_model_len - max_new_tokens
@@ -270,7 +274,7 @@ class VLLMRoles:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_model_len={self.max_model_len}"
             )
-        return encode_chat_prompts(self.tokenizer, turns, limit, stacklevel=4)
+        return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4)
 
     def generate_mixed(
         self, batches: Sequence[tuple[VLLMRolePolicy, Sequence[Turn]]], *, seed: int | None = None
@@ -285,7 +289,7 @@ class VLLMRoles:
         for policy, turns in batches:
             if policy.roles is not self:
                 raise ValueError("every policy in generate_mixed must come from this VLLMRoles")
-            encoded = self.encode_prompts(turns, max_new_tokens=policy.max_new_tokens)
+            encoded = self.encode_prompts(turns, max_new_tokens=policy.max_new_tokens, prefix=policy.response_prefix)
             request = self.lora_request(policy.role)
             spans.append((len(prompts), len(prompts) + len(encoded)))
             for prompt in encoded:
@@ -293,7 +297,10 @@ class VLLMRoles:
                 params.append(policy.sampling_params(rng if rng is not None else policy.rng))
                 loras.append(request)
         outputs = self._run(prompts, params, loras)
-        return [self._to_generation(prompts[a:b], outputs[a:b]) for a, b in spans]
+        return [
+            self._to_generation(prompts[a:b], outputs[a:b], policy.response_prefix)
+            for (a, b), (policy, _) in zip(spans, batches)
+        ]
 
     def close(self) -> None:
         """Stop the engine (its worker processes, if any) and delete the temporary adapter folder."""
@@ -346,7 +353,7 @@ class VLLMRoles:
                 outputs[i] = result
         return outputs
 
-    def _to_generation(self, prompts: list[list[int]], outputs: list) -> Generation:
+    def _to_generation(self, prompts: list[list[int]], outputs: list, prefix: str = "") -> Generation:
         completion_ids, logprobs = [], []
         for output in outputs:
             sample = output.outputs[0]
@@ -355,7 +362,7 @@ class VLLMRoles:
             # logprobs=0 asks for the sampled token's log-prob only: one {token_id: Logprob} per position
             logprobs.append([float(step[token].logprob) for step, token in zip(sample.logprobs, ids)])
         return Generation(
-            texts=self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+            texts=[prefix + t for t in self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)],
             prompt_ids=prompts,
             completion_ids=completion_ids,
             logprobs=logprobs,
@@ -369,7 +376,8 @@ class VLLMRolePolicy(TrainablePolicy):
     ``temperature=0`` is greedy decoding (vLLM's convention; :class:`LoRARoles` samples only).
     ``seed`` makes the sequence of calls reproducible (each request gets a seed drawn from one
     ``random.Random(seed)`` per policy); ``generate(turns, seed=s)`` reproduces one call regardless of what
-    ran before. Without a seed, requests draw from the engine's generator.
+    ran before. Without a seed, requests draw from the engine's generator. ``response_prefix`` starts every
+    answer, as in :class:`agents.hf.RolePolicy`.
     """
 
     def __init__(
@@ -381,6 +389,7 @@ class VLLMRolePolicy(TrainablePolicy):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        response_prefix: str = "",
     ):
         if role is not None:
             roles._check_role(role)
@@ -395,6 +404,7 @@ class VLLMRolePolicy(TrainablePolicy):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.response_prefix = check_response_prefix(response_prefix)
         self.rng = None if seed is None else random.Random(seed)
 
     def sampling_params(self, rng: random.Random | None = None):

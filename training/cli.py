@@ -100,7 +100,11 @@ def _run_train(args) -> int:
     from training.coevolve import CoEvolution
 
     print(f"triplay train: preset {cfg.preset}, model {cfg.model.name}, run dir {cfg.run_dir}")
-    CoEvolution(cfg, resume=args.resume).run()
+    loop = CoEvolution(cfg, resume=args.resume)
+    try:
+        loop.run()
+    finally:
+        loop.close()
     print(f"report: {cfg.run_dir / 'report.md'}")
     return 0
 

@@ -74,6 +74,23 @@ def advantages_by_group(moves: Sequence[Move], group_size: int, cfg, baseline: R
     return advantages.tolist(), zero
 
 
+def _sampler_state(policy):
+    """A policy's sampling RNG state: a ``torch.Generator`` (``RolePolicy``) or a ``random.Random``
+    (``VLLMRolePolicy``, which seeds each request from it); None for agents without one."""
+    if hasattr(policy, "generator"):
+        return policy.generator.get_state()
+    if getattr(policy, "rng", None) is not None:
+        return policy.rng.getstate()
+    return None
+
+
+def _set_sampler_state(policy, state) -> None:
+    if hasattr(policy, "generator"):
+        policy.generator.set_state(state)
+    else:
+        policy.rng.setstate(state)
+
+
 class CoEvolution:
     """Owns the model, the envs and the trainer; :meth:`run` trains and writes ``run_dir``.
 
@@ -108,14 +125,11 @@ class CoEvolution:
 
     def _build(self) -> None:
         import triplay_env
-        from agents.hf import LoRARoles, RolePolicy
+        from agents.hf import LoRARoles
         from agents.models import load_model, tiny_random
         from agents.scripted import make_scripted
 
         cfg = self.cfg
-        if cfg.model.backend == "vllm":
-            raise ConfigError("model.backend='vllm': the loop does not drive agents.vllm_agent yet; "
-                              "use --set model.backend=hf (transformers rollouts, CPU or GPU)")
         t0 = time.perf_counter()
         if cfg.model.name == "tiny":
             model, tokenizer = tiny_random(seed=cfg.loop.seed)
@@ -131,18 +145,17 @@ class CoEvolution:
             target_modules=cfg.model.lora_target_modules, max_prompt_tokens=cfg.model.max_prompt_tokens,
         )
         gen = cfg.generation
-        lengths = {"attacker": gen.attacker_max_new_tokens, "defender": gen.defender_max_new_tokens,
-                   "evaluator": gen.evaluator_max_new_tokens}
-        self.policies = {
-            role: self.roles.policy(role, max_new_tokens=lengths[role], temperature=gen.temperature, top_p=gen.top_p,
-                                    seed=cfg.loop.seed * 1000 + k)
-            for k, role in enumerate(("attacker", "defender", "evaluator"))
-        }
+        self.engine = self._vllm_engine() if cfg.model.backend == "vllm" else None
+        """who samples the rollouts: a ``VLLMRoles`` fed the adapters after every update, or None (``self.roles``)"""
+        samplers = self.engine if self.engine is not None else self.roles
+        self.policies = {role: self._policy(samplers, role, seed=cfg.loop.seed * 1000 + k)
+                         for k, role in enumerate(("attacker", "defender", "evaluator"))}
         self.players: dict[str, Agent] = dict(self.policies)
         for i in range(1, cfg.game.num_defenders):
             if cfg.game.reference_defender == "base":
-                self.players[f"defender_{i}"] = RolePolicy(self.roles, None, max_new_tokens=gen.defender_max_new_tokens,
-                                                           temperature=gen.temperature, top_p=gen.top_p, seed=cfg.loop.seed * 1000 + 10 + i)
+                self.players[f"defender_{i}"] = samplers.policy(None, max_new_tokens=gen.defender_max_new_tokens,
+                                                                temperature=gen.temperature, top_p=gen.top_p,
+                                                                seed=cfg.loop.seed * 1000 + 10 + i)
             else:
                 self.players[f"defender_{i}"] = make_scripted(cfg.game.reference_defender)
         self.embedder = None
@@ -169,6 +182,38 @@ class CoEvolution:
         self.baseline = RoleBaseline() if cfg.grpo.role_baseline else None
         self.metrics: list[dict] = []
         self.start_iteration = 1
+
+    def _policy(self, samplers, role: str, *, seed: int):
+        """``role``'s sampling policy with the configured lengths, temperature and top-p."""
+        gen = self.cfg.generation
+        return samplers.policy(role, max_new_tokens=self._max_new_tokens[role], temperature=gen.temperature,
+                               top_p=gen.top_p, seed=seed,
+                               response_prefix=gen.evaluator_prefix if role == "evaluator" else "")
+
+    @property
+    def _max_new_tokens(self) -> dict[str, int]:
+        gen = self.cfg.generation
+        return {"attacker": gen.attacker_max_new_tokens, "defender": gen.defender_max_new_tokens,
+                "evaluator": gen.evaluator_max_new_tokens}
+
+    def _vllm_engine(self):
+        """The vLLM backend: one in-process engine over the same base, serving the three role adapters.
+
+        The trainer keeps the peft model; after every update the trained role's adapter is saved and pushed
+        to the engine under a fresh id (``VLLMRoles.push_from``), so rollouts never sample stale weights.
+        """
+        from agents.models import model_folder
+        from agents.vllm_agent import VLLMRoles
+
+        m = self.cfg.model
+        engine = VLLMRoles(
+            model_folder(m.name), roles=self.roles.roles, max_lora_rank=m.lora_r,
+            max_loras=max(3, len(self.roles.roles)), dtype=m.dtype,
+            max_model_len=m.max_prompt_tokens + max(self._max_new_tokens.values()),
+            gpu_memory_utilization=m.vllm_memory_fraction, seed=self.cfg.loop.seed,
+        )
+        engine.push_from(self.roles)
+        return engine
 
     # ------------------------------------------------------------------ the loop
 
@@ -211,7 +256,14 @@ class CoEvolution:
         moves = [m for m in rollout.moves if m.agent in trained_agents and m.completion_ids is not None]
         advantages, zero_share = advantages_by_group(moves, G, cfg.grpo, self.baseline)
         samples = [Sample(m.prompt_ids, m.completion_ids, m.logprobs, a) for m, a in zip(moves, advantages)]
+        gap = None
+        if cfg.grpo.recompute_old_logprobs:
+            samples, gap = self.trainer.recompute_old_logprobs(role, samples)
         update = self.trainer.step(role, samples)
+        if gap is not None:
+            update["sampler_logprob_gap"] = gap
+        if self.engine is not None:
+            self.engine.push_from(self.roles, roles=[role])  # the next rollout samples the updated adapter
         t2 = time.perf_counter()
         p = f"{phase}/"
         rewards = [m.reward for m in moves]
@@ -234,19 +286,15 @@ class CoEvolution:
         """Held-out games played by the current policies, judged by the panel; fresh seeded sampling each time."""
         from triplay_env import AttackSuccessPool
 
-        cfg = self.cfg
         t0 = time.perf_counter()
         for env in self.eval_envs:
             # a fresh private pool per evaluation: held-out numbers depend on the current policies alone, not on
             # the attacks the previous evaluation left in the pool (which a resumed run does not have)
             env.attack_success_pool = AttackSuccessPool(capacity=1)
-        gen = cfg.generation
         players = dict(self.players)
-        lengths = {"attacker": gen.attacker_max_new_tokens, "defender": gen.defender_max_new_tokens,
-                   "evaluator": gen.evaluator_max_new_tokens}
+        samplers = self.engine if self.engine is not None else self.roles
         for k, role in enumerate(PHASE_ROLE.values()):
-            players[role] = self.roles.policy(role, max_new_tokens=lengths[role], temperature=gen.temperature,
-                                              top_p=gen.top_p, seed=10_000 + k)
+            players[role] = self._policy(samplers, role, seed=10_000 + k)
         seeds = [100_000 + i for i in range(len(self.eval_envs))]
         rollout = run_lockstep(self.eval_envs, players, seeds)
         record = {"iteration": iteration, "phase": "heldout", "step": 0,
@@ -259,6 +307,12 @@ class CoEvolution:
                  f"refusal {record['eval/refusal_rate']:.2f}  guidance {record['eval/guidance_rate']:.2f}  "
                  f"over-refusal {record['eval/over_refusal_rate']:.2f}  evaluator agreement {record['eval/evaluator_agreement']:.2f}")
         return record
+
+    def close(self) -> None:
+        """Stop the vLLM engine, if any (the transformers model needs no closing)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     # ------------------------------------------------------------------ logging
 
@@ -308,7 +362,7 @@ class CoEvolution:
                 "python": random.getstate(),
                 "numpy_global": np.random.get_state(),
                 "torch": torch.get_rng_state(),
-                "policies": {name: p.generator.get_state() for name, p in self.players.items() if hasattr(p, "generator")},
+                "policies": {name: _sampler_state(p) for name, p in self.players.items() if _sampler_state(p) is not None},
             },
         }
         torch.save(state, tmp / "state.pt")
@@ -355,7 +409,9 @@ class CoEvolution:
         np.random.set_state(rng["numpy_global"])
         torch.set_rng_state(rng["torch"])
         for name, gen_state in rng["policies"].items():
-            self.players[name].generator.set_state(gen_state)
+            _set_sampler_state(self.players[name], gen_state)
+        if self.engine is not None:
+            self.engine.push_from(self.roles)
         self.pool.load_state_dict(json.loads((ckpt / "pool.json").read_text()))
         self.metrics = json.loads((ckpt / "metrics.json").read_text())
         # metrics logged after the checkpoint belong to work that is being redone: rewrite the log

@@ -126,13 +126,42 @@ class GRPOTrainer:
         return sums
 
     @torch.no_grad()
+    def recompute_old_logprobs(self, role: str, samples: Sequence[Sample]) -> tuple[list[Sample], float]:
+        """The same samples with ``old_logprobs`` replaced by the trainer's own forward pass under ``role``
+        (no grad), and the mean absolute per-token gap between the sampler's values and these.
+
+        For samplers whose numbers differ from the trainer's (vLLM kernels, bf16): the first inner epoch's
+        ratio is then exactly 1, as GRPO assumes; the gap measures the training/inference mismatch.
+        """
+        samples = [s for s in samples if len(s.completion_ids) > 0]
+        if not samples:
+            return [], 0.0
+        was_training = self.roles.model.training
+        self.roles.model.eval()
+        try:
+            ours = self._logprobs(samples, role)  # [B, T]
+        finally:
+            self.roles.model.train(was_training)
+        out, gap, tokens = [], 0.0, 0
+        for i, s in enumerate(samples):
+            row = ours[i, : len(s.completion_ids)].tolist()
+            gap += sum(abs(a - b) for a, b in zip(row, s.old_logprobs))
+            tokens += len(row)
+            out.append(Sample(s.prompt_ids, s.completion_ids, row, s.advantage))
+        return out, gap / tokens
+
     def _reference_logprobs(self, samples: Sequence[Sample]) -> torch.Tensor:
+        return self._logprobs(samples, None)
+
+    @torch.no_grad()
+    def _logprobs(self, samples: Sequence[Sample], role: str | None) -> torch.Tensor:
+        """Teacher-forced log-probs of every sample under ``role`` (None: the base), micro-batched: [B, T]."""
         width = max(len(s.completion_ids) for s in samples)
         out = torch.zeros(len(samples), width, device=self.roles.device)  # [B, T]
         for start in range(0, len(samples), self.cfg.micro_batch_size):
             micro = samples[start : start + self.cfg.micro_batch_size]
             logprobs, _ = self.roles.forward_logprobs(
-                [s.prompt_ids for s in micro], [s.completion_ids for s in micro], None, temperature=self.temperature
+                [s.prompt_ids for s in micro], [s.completion_ids for s in micro], role, temperature=self.temperature
             )
             out[start : start + len(micro), : logprobs.shape[1]] = logprobs.float()
         return out
