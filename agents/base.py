@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Agent", "TrainablePolicy", "Turn", "Generation", "ROLES", "role_of", "turns_from", "encode_chat_prompts"]
+__all__ = ["Agent", "TrainablePolicy", "Turn", "Generation", "ROLES", "role_of", "turns_from", "encode_chat_prompts",
+           "check_response_prefix"]
 
 ROLES = ("attacker", "defender", "evaluator")
 
@@ -102,17 +103,28 @@ def turns_from(observations: Mapping[str, Mapping], infos: Mapping[str, Mapping]
     ]
 
 
-def encode_chat_prompts(tokenizer, turns: Sequence[Turn], limit: int, *, stacklevel: int = 3) -> list[list[int]]:
+def check_response_prefix(prefix: str) -> str:
+    """A policy's ``response_prefix``, checked: a str (empty for none)."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"response_prefix must be a str (empty for none), got {type(prefix).__name__}: {prefix!r}")
+    return prefix
+
+
+def encode_chat_prompts(
+    tokenizer, turns: Sequence[Turn], limit: int, *, prefix: str = "", stacklevel: int = 3
+) -> list[list[int]]:
     """Chat-template each turn's messages (``add_generation_prompt=True``) and tokenize; every backend uses this,
     so transformers and vLLM see the same prompt ids.
 
-    A turn without messages is sent as one user message holding ``turn.prompt``. Prompts longer than ``limit``
-    tokens keep their last ``limit`` tokens (the most recent text and the generation prompt), with a warning.
+    A turn without messages is sent as one user message holding ``turn.prompt``. ``prefix`` is text the
+    assistant's answer starts with (e.g. ``"VERDICT:"``): it goes after the generation prompt, so the model
+    continues it. Prompts longer than ``limit`` tokens keep their last ``limit`` tokens (the most recent text,
+    the generation prompt and the prefix), with a warning.
     """
     prompts = []
     for turn in turns:
         messages = [dict(m) for m in turn.messages] or [{"role": "user", "content": turn.prompt}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
         prompts.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
     too_long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) > limit]
     if too_long:

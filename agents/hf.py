@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from agents.base import ROLES, Generation, TrainablePolicy, Turn, encode_chat_prompts
+from agents.base import ROLES, Generation, TrainablePolicy, Turn, check_response_prefix, encode_chat_prompts
 
 __all__ = ["LoRARoles", "RolePolicy"]
 
@@ -151,16 +151,20 @@ class LoRARoles:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        response_prefix: str = "",
     ) -> RolePolicy:
         """A :class:`~agents.base.TrainablePolicy` that plays ``role`` with this model.
 
         ``role=None`` plays the base model with every adapter disabled (e.g. a fixed reference defender).
+        ``response_prefix`` starts every answer (see :class:`RolePolicy`).
         """
         self._check_role(role, allow_none=True)
-        return RolePolicy(self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        return RolePolicy(self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                          response_prefix=response_prefix)
 
-    def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0) -> list[list[int]]:
-        """Chat-template each turn's messages (``add_generation_prompt=True``) and tokenize.
+    def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0, prefix: str = "") -> list[list[int]]:
+        """Chat-template each turn's messages (``add_generation_prompt=True``), append ``prefix`` (the start
+        of the answer), and tokenize.
 
         A turn without messages is sent as one user message holding ``turn.prompt``. Prompts longer than
         ``min(max_prompt_tokens, context_length - max_new_tokens)`` keep their last tokens, with a warning.
@@ -170,7 +174,7 @@ class LoRARoles:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length}"
             )
-        return encode_chat_prompts(self.tokenizer, turns, limit, stacklevel=4)
+        return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4)
 
     def forward_logprobs(
         self,
@@ -278,6 +282,10 @@ class RolePolicy(TrainablePolicy):
 
     ``seed`` makes the sequence of calls reproducible (one ``torch.Generator`` per policy);
     ``generate(turns, seed=s)`` reproduces one call regardless of what ran before.
+
+    ``response_prefix`` is text every answer starts with, written for the model after the chat template's
+    generation prompt (part of ``prompt_ids``, so training never scores it) and put in front of each returned
+    text: e.g. ``"VERDICT:"`` for an evaluator too small to keep the verdict format on its own.
     """
 
     def __init__(
@@ -289,6 +297,7 @@ class RolePolicy(TrainablePolicy):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        response_prefix: str = "",
     ):
         roles._check_role(role, allow_none=True)
         if max_new_tokens < 1:
@@ -302,6 +311,7 @@ class RolePolicy(TrainablePolicy):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.response_prefix = check_response_prefix(response_prefix)
         self.generator = torch.Generator(device=roles.device)
         if seed is None:
             self.generator.seed()
@@ -317,7 +327,7 @@ class RolePolicy(TrainablePolicy):
         generator = self.generator
         if seed is not None:
             generator = torch.Generator(device=roles.device).manual_seed(seed)
-        prompts = roles.encode_prompts(turns, max_new_tokens=self.max_new_tokens)
+        prompts = roles.encode_prompts(turns, max_new_tokens=self.max_new_tokens, prefix=self.response_prefix)
         device, batch = roles.device, len(prompts)
         prompt_len = max(len(p) for p in prompts)
         ids = torch.full((batch, prompt_len), tokenizer.pad_token_id, dtype=torch.long)  # [B, P]
@@ -358,7 +368,7 @@ class RolePolicy(TrainablePolicy):
         alive_t = torch.stack(alive, 1).cpu()  # [B, T]
         completion_ids = [tokens_t[i][alive_t[i]].tolist() for i in range(batch)]
         return Generation(
-            texts=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+            texts=[self.response_prefix + t for t in tokenizer.batch_decode(completion_ids, skip_special_tokens=True)],
             prompt_ids=prompts,
             completion_ids=completion_ids,
             logprobs=[logprobs_t[i][alive_t[i]].tolist() for i in range(batch)],

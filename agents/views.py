@@ -33,7 +33,6 @@ from gymnasium import spaces
 from agents.base import Agent, turns_from
 from agents.scripted import GuidanceDefender, JudgeEvaluator, StrategyWeakDefender, TemplateAttacker
 from triplay_env import parallel_env
-from triplay_env.spaces import UnicodeText
 from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, detect_strategy, render
 
 __all__ = [

@@ -7,8 +7,8 @@ raises ``ConfigError`` naming the field and the broken rule. Presets:
 |---|---|---|
 | ``tiny`` | 2-layer random model (3M params) | tests and CI: seconds |
 | ``demo`` | SmolLM2-135M-Instruct (CPU, fp32) | the README's main job: a few minutes on a laptop |
-| ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale (the loop does not drive the vLLM backend yet: use ``--set model.backend=hf``) |
-| ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale (same) |
+| ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale (``pip install 'triplay[vllm]'``) |
+| ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale |
 
 Overrides: ``--set grpo.lr=5e-5`` (dotted key = YAML value) and ``--config file.yaml`` (nested mapping).
 """
@@ -39,7 +39,11 @@ class ModelConfig:
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``"""
     backend: str = "hf"
-    """rollout generation: ``hf`` (transformers, in process) or ``vllm`` (multi-LoRA engine, GPU presets)"""
+    """rollout generation: ``hf`` (transformers, in process) or ``vllm`` (an in-process multi-LoRA engine that
+    gets each role's adapter after every update; GPU presets; needs the ``vllm`` extra)"""
+    vllm_memory_fraction: float = 0.3
+    """vLLM backend: share of GPU memory the engine may take (weights + KV cache); the trainer holds the rest
+    (TRL's colocated default 0.3); on CPU vLLM reads it as a share of RAM"""
     lora_r: int = 8
     """LoRA rank of every role adapter (our choice for small models)"""
     lora_alpha: int = 16
@@ -80,6 +84,9 @@ class GenerationConfig:
     """response length cap in tokens"""
     evaluator_max_new_tokens: int = 24
     """verdict length cap in tokens (the format is one short line)"""
+    evaluator_prefix: str = ""
+    """text every evaluator answer starts with, e.g. ``"VERDICT:"`` so a small model only picks the label
+    (the demo's 135M model almost never writes the format unprompted); empty: the evaluator writes it all"""
     temperature: float = 1.0
     """sampling temperature for every role (GRPO needs diverse groups)"""
     top_p: float = 1.0
@@ -116,6 +123,9 @@ class GRPOConfig:
     """sequences per forward/backward; gradients accumulate up to the whole batch"""
     max_grad_norm: float = 1.0
     """gradient clipping threshold"""
+    recompute_old_logprobs: bool = False
+    """recompute the old log-probs with the trainer's own forward pass instead of the sampler's (one no-grad
+    pass); use it when sampler and trainer differ numerically (vLLM, bf16 kernels): the ratio then starts at 1"""
 
 
 @dataclass
@@ -191,6 +201,11 @@ class TrainConfig:
         _rule(m.device == "auto" or m.device == "cpu" or m.device.startswith("cuda"), "model.device",
               f"must be auto, cpu, cuda or cuda:N, got {m.device!r}")
         _rule(m.backend in ("hf", "vllm"), "model.backend", f"must be hf or vllm, got {m.backend!r}")
+        _rule(m.backend != "vllm" or m.name != "tiny", "model.backend",
+              "vllm needs a model it can load from a folder or hub id; the tiny model lives in memory only "
+              "(use model.backend=hf, or model.name=smollm2-135m)")
+        _rule(0 < m.vllm_memory_fraction <= 1, "model.vllm_memory_fraction",
+              f"must lie in (0, 1], got {m.vllm_memory_fraction}")
         _rule(m.lora_r >= 1 and m.lora_alpha >= 1, "model.lora_r", f"lora_r and lora_alpha must be >= 1, got {m.lora_r}, {m.lora_alpha}")
         _rule(m.max_prompt_tokens >= 16, "model.max_prompt_tokens", f"must be >= 16, got {m.max_prompt_tokens}")
         _rule(gm.num_defenders >= 1, "game.num_defenders", f"must be >= 1, got {gm.num_defenders}")
@@ -275,9 +290,10 @@ def _demo() -> TrainConfig:
     # float32: CPUs without AVX512-BF16 (like this project's 2-core machines) run bf16 matmuls ~35x slower
     cfg.model = ModelConfig(name="smollm2-135m", dtype="float32", max_prompt_tokens=256)
     # prompt prefill dominates on CPU: small batches and short completions keep 3 iterations within minutes
-    cfg.generation = GenerationConfig(attacker_max_new_tokens=32, defender_max_new_tokens=40, evaluator_max_new_tokens=8)
+    cfg.generation = GenerationConfig(attacker_max_new_tokens=32, defender_max_new_tokens=40, evaluator_max_new_tokens=8,
+                                      evaluator_prefix="VERDICT:")
     cfg.grpo = GRPOConfig(group_size=4, batch_size=8, micro_batch_size=8, lr=2e-4)
-    cfg.loop = LoopConfig(iterations=3, steps_per_phase=1, eval_scenarios=8)
+    cfg.loop = LoopConfig(iterations=3, steps_per_phase=2, eval_scenarios=16)
     return cfg
 
 
@@ -287,7 +303,8 @@ def _qwen(size: str) -> TrainConfig:
                             lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), max_prompt_tokens=2048)
     cfg.game = GameConfig(num_defenders=3, reference_defender="base")
     cfg.generation = GenerationConfig(attacker_max_new_tokens=256, defender_max_new_tokens=512, evaluator_max_new_tokens=256)
-    cfg.grpo = GRPOConfig(group_size=8, batch_size=128, micro_batch_size=8, lr=1e-5, beta=0.0, eps_high=0.28)
+    cfg.grpo = GRPOConfig(group_size=8, batch_size=128, micro_batch_size=8, lr=1e-5, beta=0.0, eps_high=0.28,
+                          recompute_old_logprobs=True)  # vLLM's bf16 kernels differ from the trainer's
     cfg.loop = LoopConfig(iterations=10, steps_per_phase=20, eval_scenarios=256)
     return cfg
 

@@ -116,6 +116,26 @@ def test_generation_is_seeded_and_texts_skip_special_tokens():
         assert "<|im_end|>" not in text
 
 
+def test_response_prefix_ends_the_prompt_and_starts_the_text():
+    """A prefix is written after the generation prompt (the model continues it; training never scores it) and
+    put in front of each returned text; the completion's log-probs still match a teacher-forced pass."""
+    roles = make_roles()
+    perturb(roles)
+    turns = [turn(p, "evaluator") for p in PROMPTS]
+    plain = roles.encode_prompts(turns)
+    prefix_ids = roles.tokenizer("VERDICT:", add_special_tokens=False)["input_ids"]
+    out = roles.policy("evaluator", max_new_tokens=5, seed=0, response_prefix="VERDICT:").generate(turns)
+    for prompt, bare in zip(out.prompt_ids, plain):
+        assert prompt == bare + prefix_ids
+    for text, ids in zip(out.texts, out.completion_ids):
+        assert text == "VERDICT:" + roles.tokenizer.decode(ids, skip_special_tokens=True)
+    logprobs, _ = roles.forward_logprobs(out.prompt_ids, out.completion_ids, "evaluator")
+    for i, expected in enumerate(out.logprobs):
+        torch.testing.assert_close(logprobs[i, : len(expected)], torch.tensor(expected), atol=1e-4, rtol=0)
+    with pytest.raises(TypeError, match="response_prefix must be a str"):
+        roles.policy("evaluator", response_prefix=None)
+
+
 def test_tiny_top_p_is_greedy():
     roles = make_roles()
     turns = [turn(p) for p in PROMPTS]

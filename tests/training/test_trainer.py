@@ -213,6 +213,33 @@ def test_non_finite_step_is_skipped_and_reported(roles, monkeypatch):
                 p.copy_(before[f"param:{name}"])
 
 
+def test_recompute_old_logprobs_replaces_the_samplers_values_and_measures_the_gap(roles):
+    """make_samples shifts every stored log-prob by exactly +-0.1 from the current ones: the recomputed
+    samples carry the current values (bitwise those of forward_logprobs) and the mean gap is 0.1."""
+    samples = make_samples(roles)
+    trainer = GRPOTrainer(roles, GRPOConfig(micro_batch_size=3))  # 3: the recomputation spans two micro-batches
+    fresh, gap = trainer.recompute_old_logprobs("attacker", samples)
+    assert gap == pytest.approx(0.1, abs=1e-6)
+    with torch.no_grad():
+        current, _ = roles.forward_logprobs([s.prompt_ids for s in samples], [s.completion_ids for s in samples], "attacker")
+    for i, (old, new) in enumerate(zip(samples, fresh)):
+        assert (new.prompt_ids, new.completion_ids, new.advantage) == (old.prompt_ids, old.completion_ids, old.advantage)
+        assert new.old_logprobs == current[i, : len(old.completion_ids)].tolist()
+    # with fresh old log-probs the first step's ratio is 1 everywhere: nothing is clipped
+    _, _, metrics = one_step(roles, GRPOConfig(micro_batch_size=4, eps_low=0.01, eps_high=0.01), fresh)
+    assert metrics["clip_frac_low"] == metrics["clip_frac_high"] == 0.0 and metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_loop_can_recompute_old_logprobs(tmp_path):
+    """grpo.recompute_old_logprobs in the loop: the sampler is the trainer's own model here, so the gap it
+    logs is float32 noise (what the vLLM backend reports as its training/inference mismatch)."""
+    loop = tiny_coevolution(tmp_path, "grpo.recompute_old_logprobs=true", "loop.iterations=1")
+    records = [r for r in loop.run() if r["phase"] in PHASE_ROLE]
+    assert [r["phase"] for r in records] == ["red", "blue", "eval"]
+    for r in records:
+        assert 0 <= r[r["phase"] + "/sampler_logprob_gap"] < 1e-4
+
+
 # ---------------------------------------------------------------------------------------------------------
 # config validation: an error before any model loads
 # ---------------------------------------------------------------------------------------------------------
@@ -238,6 +265,8 @@ def no_model_loads(monkeypatch):
         (["grpo.group_size=1", "grpo.batch_size=4"], "grpo.group_size must be >= 2"),
         (["grpo.loss_type=ppo"], "grpo.loss_type must be one of ('grpo', 'dr_grpo', 'dapo'), got 'ppo'"),
         (["loop.phases=red,purple"], "loop.phases must be a non-empty subset"),
+        (["model.backend=vllm"], "model.backend vllm needs a model it can load from a folder or hub id"),
+        (["model.vllm_memory_fraction=1.5"], "model.vllm_memory_fraction must lie in (0, 1], got 1.5"),
     ],
 )
 def test_invalid_config_fails_in_validate_before_any_model_loads(sets, message, no_model_loads, tmp_path):
