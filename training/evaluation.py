@@ -908,6 +908,8 @@ class Subject:
     lengths: dict = field(default_factory=lambda: {"attacker": 48, "defender": 64, "evaluator": 24})
     temperature: float = 1.0
     top_p: float = 1.0
+    evaluator_prefix: str = ""
+    """the run's ``generation.evaluator_prefix``: its evaluator was trained to continue it"""
     info: dict = field(default_factory=dict)
     """what eval.json records about the run (name, iteration, training scenarios)"""
 
@@ -933,6 +935,7 @@ def _apply_config(subject: Subject, cfg) -> None:
     subject.lengths = {"attacker": g.attacker_max_new_tokens, "defender": g.defender_max_new_tokens,
                        "evaluator": g.evaluator_max_new_tokens}
     subject.temperature, subject.top_p = g.temperature, g.top_p
+    subject.evaluator_prefix = g.evaluator_prefix
     subject.model_seed = cfg.loop.seed
     subject.info["train_scenarios"] = cfg.game.scenarios
 
@@ -1166,6 +1169,7 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
         "sections": list(opts.sections),
         "settings": {"temperature": subject.temperature if subject else None, "top_p": subject.top_p if subject else None,
                      "max_new_tokens": subject.lengths if subject else None, "dtype": subject.dtype if subject else None,
+                     "evaluator_prefix": subject.evaluator_prefix if subject else None,
                      "attacker": opts.attacker, "targets": list(opts.targets), "batch_size": opts.batch_size,
                      "embedder": embed_name},
         "stages": {},
@@ -1179,7 +1183,8 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
             # the same seeds in every stage: stages differ by their adapters only
             return roles.policy(role if adapter_on else None, max_new_tokens=subject.lengths[role],
                                 temperature=subject.temperature, top_p=subject.top_p,
-                                seed=opts.seed * 1000 + 10 * salt + role_index[role])
+                                seed=opts.seed * 1000 + 10 * salt + role_index[role],
+                                response_prefix=subject.evaluator_prefix if role == "evaluator" else "")
 
         probe = load_capability_probe() if "capability" in opts.sections else []
         for stage, adapter_on in subject.stages:

@@ -363,7 +363,8 @@ def tiny_eval(tmp_path_factory):
     train = subprocess.run(
         [sys.executable, "-m", "training.cli", "train", "--preset", "tiny", "--set", f"loop.runs_dir={tmp / 'runs'}",
          "--set", "loop.iterations=1", "--set", "loop.eval_scenarios=2", "--set", "loop.progress=false",
-         "--set", "loop.tensorboard=false"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+         "--set", "loop.tensorboard=false", "--set", "generation.evaluator_prefix='VERDICT:'"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert train.returncode == 0, train.stdout + train.stderr[-3000:]
     old = os.environ.get("TRIPLAY_CACHE")
     os.environ["TRIPLAY_CACHE"] = str(cache)
@@ -428,6 +429,7 @@ def test_eval_json_holds_every_metric_with_its_n_for_both_stages(tiny_eval):
     assert result["run"]["iteration"] == 1 and result["run"]["run_name"] == "tiny-tiny-seed0"
     assert result["judge"]["name"] == "offline panel (refusal_keyword, harm_lexicon, relevance)"
     assert result["time_s"]["total"] > 0
+    assert result["settings"]["evaluator_prefix"] == "VERDICT:"  # the run's evaluator is played as it was trained
     assert result["datasets"]["harmbench"] == {"status": "ok", "source": "harmbench", "kind": "harmful",
                                                "split": "heldout", "n_available": 3, "n_used": 2}
     assert result["datasets"]["donotanswer"]["status"] == "skipped"
