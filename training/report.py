@@ -54,6 +54,7 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -68,6 +69,7 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict]) -> Path:
             ax.plot(xs, [rows[it][key] for it in xs], marker="o", label=key)
         ax.set_title(title)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
