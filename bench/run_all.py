@@ -75,9 +75,20 @@ def run_script(path: Path, quick: bool, timeout: float) -> dict:
         code, out, err = -1, e.stdout or "", f"timed out after {timeout:.0f} s"
         out = out.decode() if isinstance(out, bytes) else out
     seconds = time.perf_counter() - t0
-    table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
     return {"name": path.stem, "command": " ".join(["python"] + cmd[1:]), "code": code, "seconds": seconds,
-            "table": table, "tail": (out + "\n" + err).strip().splitlines()[-15:]}
+            "table": tables(out), "tail": (out + "\n" + err).strip().splitlines()[-15:]}
+
+
+def tables(out: str) -> str:
+    """The Markdown tables in a script's output, each kept whole and separated by a blank line."""
+    blocks, current = [], []
+    for line in out.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return "\n\n".join(blocks)
 
 
 def render(results: list[dict], quick: bool, command: str) -> str:

@@ -41,3 +41,10 @@ def test_every_bench_script_accepts_quick():
     run_all = _load()
     for path in run_all.scripts():
         assert "--quick" in path.read_text(), f"{path.name} must accept --quick (run_all passes it in CI)"
+
+
+def test_tables_keep_each_table_whole_and_apart():
+    run_all = _load()
+    out = "## title\n\n| a |\n|---|\n| 1 |\nratio line\n\n| r | v |\n|---|---|\n| x | 2x |\n"
+    assert run_all.tables(out) == "| a |\n|---|\n| 1 |\n\n| r | v |\n|---|---|\n| x | 2x |"
+    assert run_all.tables("no tables here\n") == ""
