@@ -42,7 +42,7 @@ def loop(tmp_path_factory):
         "grpo.group_size=2", "grpo.batch_size=4", "grpo.lr=1e-2", "grpo.recompute_old_logprobs=true",
         "generation.attacker_max_new_tokens=6", "generation.defender_max_new_tokens=6",
         "generation.evaluator_max_new_tokens=3",
-        "loop.iterations=2", "loop.eval_scenarios=2", "loop.progress=false", "loop.tensorboard=false",
+        "loop.iterations=2", "loop.steps_per_phase=1", "loop.eval_scenarios=2", "loop.progress=false", "loop.tensorboard=false",
         f"loop.runs_dir={tmp_path_factory.mktemp('runs')}",
     ])
     loop = CoEvolution(cfg, log=print)
