@@ -24,7 +24,8 @@ buffers, the same for each model load, on top of the models already loaded.
 
 Usage::
 
-    python bench/roles_memory.py                # SmolLM2-135M-Instruct, bf16, B=4, T=16
+    python bench/roles_memory.py                # SmolLM2-135M-Instruct, float32 (the CPU presets' dtype), B=4, T=16
+    python bench/roles_memory.py --dtype bfloat16   # the GPU presets' dtype
     python bench/roles_memory.py --quick        # B=2, T=8
     python bench/roles_memory.py --batch 8 --tokens 32   # a bigger pass: activations weigh more
     python bench/roles_memory.py --model tiny --json rows.json
@@ -89,7 +90,7 @@ class PeakSampler:
         self.peak = max(self.peak, _rss_mib())
 
 
-def child(setup: str, model_name: str, batch: int, tokens: int) -> dict:
+def child(setup: str, model_name: str, batch: int, tokens: int, dtype: str = "float32") -> dict:
     """Runs in the subprocess: load ``setup``, forward every role once, report memory in MiB."""
     import torch
 
@@ -102,7 +103,7 @@ def child(setup: str, model_name: str, batch: int, tokens: int) -> dict:
     def load():
         if model_name == "tiny":
             return tiny_random(seed=0)
-        return load_model(model_name, dtype=torch.bfloat16, disable_mmap=True)
+        return load_model(model_name, dtype=getattr(torch, dtype), disable_mmap=True)
 
     if setup == "baseline":
         from transformers import AutoTokenizer
@@ -153,7 +154,7 @@ def child(setup: str, model_name: str, batch: int, tokens: int) -> dict:
 
 def run_setup(setup: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", setup, "--model", args.model, "--batch", str(args.batch),
-           "--tokens", str(args.tokens)]
+           "--tokens", str(args.tokens), "--dtype", args.dtype]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{setup} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -182,13 +183,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a smaller forward pass (B=2, T=8)")
     parser.add_argument("--batch", type=int, help="B: completions per forward pass (default 4, --quick 2)")
     parser.add_argument("--tokens", type=int, help="T: tokens per completion (default 16, --quick 8)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights' dtype (default float32, what the CPU presets run: on a CPU without AVX512-BF16 "
+                        "bf16 matmuls also allocate float32 scratch copies of the weights during the forward pass)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows and ratios to PATH as JSON")
     parser.add_argument("--child", choices=SETUPS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else 4)
     args.tokens = args.tokens or (8 if args.quick else 16)
     if args.child:
-        print(json.dumps(child(args.child, args.model, args.batch, args.tokens)))
+        print(json.dumps(child(args.child, args.model, args.batch, args.tokens, args.dtype)))
         return {}
 
     if args.model != "tiny":
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         "process_peak_above_baseline": ratio("process_peak_rss_mib"),
         "forward_peak_raw": ratio("forward_peak_rss_mib", above_baseline=False),
     }
-    print(f"## Three roles in memory: {args.model}, forward pass B={args.batch} x T={args.tokens} per role\n")
+    print(f"## Three roles in memory: {args.model}, {args.dtype}, forward pass B={args.batch} x T={args.tokens} per role\n")
     print(markdown_table(list(rows.values()), base))
     print()
     print("| ratio ours / 3 copies | value | target |")
