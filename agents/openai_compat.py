@@ -554,6 +554,9 @@ def _check_items(items: Sequence[tuple[str, str] | JudgeItem]) -> list[JudgeItem
     """Normalise ``(prompt, response)`` pairs and :class:`JudgeItem` triples to ``JudgeItem``."""
     out = []
     for i, item in enumerate(items):
+        if isinstance(item, JudgeItem):
+            out.append(item)
+            continue
         ok = (
             isinstance(item, (tuple, list))
             and len(item) in (2, 3)
@@ -565,7 +568,7 @@ def _check_items(items: Sequence[tuple[str, str] | JudgeItem]) -> list[JudgeItem
             raise TypeError(
                 f"judge items must be (prompt, response) pairs of str or JudgeItem triples, item {i} is {item!r:.80}"
             )
-        out.append(item if isinstance(item, JudgeItem) else JudgeItem(*item))
+        out.append(JudgeItem(*item))
     return out
 
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from agents.base import Agent, Turn
+from triplay_env.agent_ids import index_of
 from triplay_env.judges import Judge, JudgeItem, Panel, default_panel
 from triplay_env.strategies import STRATEGY_NAMES, detect_strategy, render
 from triplay_env.verdicts import format_verdict
@@ -148,16 +149,12 @@ class JudgeEvaluator(Agent):
         self.judge = judge if judge is not None else default_panel()
 
     def act(self, turns: Sequence[Turn]) -> list[str]:
-        items = [JudgeItem(t.info["attack"], t.info["responses"][_index(t.agent)], t.info["scenario"]["harmful"]) for t in turns]
+        items = [JudgeItem(t.info["attack"], t.info["responses"][index_of(t.agent)], t.info["scenario"]["harmful"]) for t in turns]
         if isinstance(self.judge, Panel):
             verdicts = [v.verdict for v in self.judge.vote(items)]
         else:
             verdicts = list(self.judge.judge(items))
         return ["I could not decide." if v is None else format_verdict(v) for v in verdicts]
-
-
-def _index(agent: str) -> int:
-    return int(agent.rpartition("_")[2])
 
 
 SCRIPTED_AGENTS: dict[str, type[Agent]] = {

@@ -31,7 +31,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 
 from agents.base import Agent, Turn
 from agents.views import strategies_used, strategy_action_mask, strategy_observation
+from triplay_env.files import atomic_write
 from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, render
 
 __all__ = ["StrategyAttacker", "evaluate", "ENV_ID", "PPO_DEFAULTS", "METADATA_FILE"]
@@ -175,18 +175,7 @@ class StrategyAttacker(Agent):
         # SB3's loader reads "data" and *.pth and ignores other members, so the metadata can share the zip
         with zipfile.ZipFile(buffer, "a") as archive:
             archive.writestr(METADATA_FILE, json.dumps(self.metadata(), indent=2))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, buffer.getvalue())
 
     def metadata(self) -> dict[str, Any]:
         return {"categories": self.categories, "max_rounds": self.max_rounds, "strategies": list(STRATEGY_NAMES)}

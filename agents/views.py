@@ -33,6 +33,7 @@ from gymnasium import spaces
 from agents.base import Agent, turns_from
 from agents.scripted import GuidanceDefender, JudgeEvaluator, StrategyWeakDefender, TemplateAttacker
 from triplay_env import parallel_env
+from triplay_env.agent_ids import ATTACKER, role_of
 from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, detect_strategy, render
 
 __all__ = [
@@ -52,7 +53,7 @@ class RoleView(gymnasium.Env):
     (all evaluators but yours) play the rest."""
 
     metadata = {"render_modes": ["ansi", "human"]}
-    agent = "attacker_0"
+    agent = ATTACKER
 
     def __init__(self, *, attacker: Agent | None = None, defender: Agent | None = None,
                  evaluator: Agent | None = None, render_mode: str | None = None, **config):
@@ -80,7 +81,7 @@ class RoleView(gymnasium.Env):
         return reward, False, False
 
     def _others_act(self, active: Sequence[str]) -> dict[str, str]:
-        role = active[0].rpartition("_")[0]
+        role = role_of(active[0])
         texts = self.players[role].act(turns_from(self._obs, self._infos, active))
         return dict(zip(active, texts, strict=True))
 
@@ -118,7 +119,7 @@ class RoleView(gymnasium.Env):
 
 
 class AttackerView(RoleView):
-    agent = "attacker_0"
+    agent = ATTACKER
 
 
 class DefenderView(RoleView):

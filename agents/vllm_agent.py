@@ -74,7 +74,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.base import ROLES, Generation, TrainablePolicy, Turn, check_response_prefix, encode_chat_prompts
+from agents.base import ROLES, Generation, SamplingSettings, TrainablePolicy, Turn, encode_chat_prompts
+from triplay_env.files import atomic_dir
 
 __all__ = ["VLLMRoles", "VLLMRolePolicy", "INSTALL_HINT"]
 
@@ -203,12 +204,10 @@ class VLLMRoles:
             self._versions[role] += 1
             version = self._versions[role]
             target = self.adapter_root / role / f"v{version}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=target.parent))
-            for name in ADAPTER_FILES:
-                if (source / role / name).is_file():
-                    shutil.copy2(source / role / name, tmp / name)
-            os.replace(tmp, target)
+            with atomic_dir(target) as tmp:
+                for name in ADAPTER_FILES:
+                    if (source / role / name).is_file():
+                        shutil.copy2(source / role / name, tmp / name)
             request = self._lora_request(f"{role}-v{version}", next(self._ids), str(target))
             previous = self._requests.get(role)
             if previous is not None:
@@ -249,21 +248,9 @@ class VLLMRoles:
 
     # --- generation -------------------------------------------------------------------------------------------
 
-    def policy(
-        self,
-        role: str | None,
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        response_prefix: str = "",
-    ) -> VLLMRolePolicy:
+    def policy(self, role: str | None, settings: SamplingSettings | None = None, **fields) -> VLLMRolePolicy:
         """A :class:`~agents.base.TrainablePolicy` that plays ``role`` (None: the base model, no adapter)."""
-        return VLLMRolePolicy(
-            self, role, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            response_prefix=response_prefix,
-        )
+        return VLLMRolePolicy(self, role, settings, **fields)
 
     def encode_prompts(self, turns: Sequence[Turn], *, max_new_tokens: int = 0, prefix: str = "") -> list[list[int]]:
         """Chat-template each turn's messages (``add_generation_prompt=True``), append ``prefix``, tokenize, as
@@ -380,32 +367,19 @@ class VLLMRolePolicy(TrainablePolicy):
     answer, as in :class:`agents.hf.RolePolicy`.
     """
 
-    def __init__(
-        self,
-        roles: VLLMRoles,
-        role: str | None,
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        response_prefix: str = "",
-    ):
+    def __init__(self, roles: VLLMRoles, role: str | None, settings: SamplingSettings | None = None, **fields):
         if role is not None:
             roles._check_role(role)
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        settings = (settings or SamplingSettings()).replace(**fields)
         self.roles = roles
         self.role = role
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.response_prefix = check_response_prefix(response_prefix)
-        self.rng = None if seed is None else random.Random(seed)
+        self.settings = settings
+        self.rng = None if settings.seed is None else random.Random(settings.seed)
+
+    max_new_tokens = property(lambda self: self.settings.max_new_tokens)
+    temperature = property(lambda self: self.settings.temperature)
+    top_p = property(lambda self: self.settings.top_p)
+    response_prefix = property(lambda self: self.settings.response_prefix)
 
     def sampling_params(self, rng: random.Random | None = None):
         """The ``vllm.SamplingParams`` of one request: the sampled token's log-prob only (``logprobs=0``),

@@ -19,9 +19,7 @@ Reads top-down, like a CleanRL script, but every piece it calls is an importable
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.base import Agent
+from agents.base import Agent, SamplingSettings
 from training.config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, config_diff
 from training.evaluation import judged_metrics
 from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
 from training.rollout import Move, run_lockstep
 from training.trainer import GRPOTrainer, Sample
+from triplay_env.agent_ids import ROLES, agent_id, is_role
+from triplay_env.files import atomic_dir
 
 __all__ = ["CoEvolution", "PHASE_ROLE", "SHARED_ROLES", "advantages_by_group"]
 
@@ -153,11 +153,11 @@ class CoEvolution:
         self.players: dict[str, Agent] = dict(self.policies)
         for i in range(1, cfg.game.num_defenders):
             if cfg.game.reference_defender == "base":
-                self.players[f"defender_{i}"] = samplers.policy(None, max_new_tokens=gen.defender_max_new_tokens,
-                                                                temperature=gen.temperature, top_p=gen.top_p,
-                                                                seed=cfg.loop.seed * 1000 + 10 + i)
+                self.players[agent_id("defender", i)] = samplers.policy(None, SamplingSettings(
+                    max_new_tokens=gen.defender_max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                    seed=cfg.loop.seed * 1000 + 10 + i))
             else:
-                self.players[f"defender_{i}"] = make_scripted(cfg.game.reference_defender)
+                self.players[agent_id("defender", i)] = make_scripted(cfg.game.reference_defender)
         self.embedder = None
         if cfg.game.embedder:
             from agents.models import load_embedder
@@ -186,9 +186,9 @@ class CoEvolution:
     def _policy(self, samplers, role: str, *, seed: int):
         """``role``'s sampling policy with the configured lengths, temperature and top-p."""
         gen = self.cfg.generation
-        return samplers.policy(role, max_new_tokens=self._max_new_tokens[role], temperature=gen.temperature,
-                               top_p=gen.top_p, seed=seed,
-                               response_prefix=gen.evaluator_prefix if role == "evaluator" else "")
+        return samplers.policy(role, SamplingSettings(
+            max_new_tokens=self._max_new_tokens[role], temperature=gen.temperature, top_p=gen.top_p, seed=seed,
+            response_prefix=gen.evaluator_prefix if role == "evaluator" else ""))
 
     @property
     def _max_new_tokens(self) -> dict[str, int]:
@@ -252,7 +252,9 @@ class CoEvolution:
         if bar:
             bar.close()
         t1 = time.perf_counter()
-        trained_agents = ["defender_0"] if role == "defender" else [a for a in self.train_envs[0].possible_agents if a.startswith(role)]
+        # defender_1.. are fixed references; every evaluator_i trains (they share the adapter)
+        trained_agents = [agent_id("defender", 0)] if role == "defender" else [
+            a for a in self.train_envs[0].possible_agents if is_role(a, role)]
         moves = [m for m in rollout.moves if m.agent in trained_agents and m.completion_ids is not None]
         advantages, zero_share = advantages_by_group(moves, G, cfg.grpo, self.baseline)
         samples = [Sample(m.prompt_ids, m.completion_ids, m.logprobs, a) for m, a in zip(moves, advantages)]
@@ -299,9 +301,9 @@ class CoEvolution:
         rollout = run_lockstep(self.eval_envs, players, seeds)
         record = {"iteration": iteration, "phase": "heldout", "step": 0,
                   **{"eval/" + k: v for k, v in judged_metrics(rollout.judged).items()}}
-        for agent in ("attacker_0", "defender_0", "evaluator_0"):
+        for role in ROLES:
             # "heldout_": the P_Eval phase logs its training reward as eval/reward_evaluator
-            record[f"eval/heldout_reward_{agent.rpartition('_')[0]}"] = rollout.returns.get(agent, 0.0) / len(self.eval_envs)
+            record[f"eval/heldout_reward_{role}"] = rollout.returns.get(agent_id(role, 0), 0.0) / len(self.eval_envs)
         record["time/eval_s"] = time.perf_counter() - t0
         self.log(f"[iter {iteration}] held-out: ASR {record['eval/attack_success_rate']:.2f}  unsafe {record['eval/unsafe_rate']:.2f}  "
                  f"refusal {record['eval/refusal_rate']:.2f}  guidance {record['eval/guidance_rate']:.2f}  "
@@ -346,13 +348,8 @@ class CoEvolution:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, iteration: int) -> Path:
-        """Write ``run_dir/checkpoint`` atomically: build it beside, then swap it in with renames."""
+        """Write ``run_dir/checkpoint`` atomically (built beside it, flushed, swapped in with renames)."""
         final = self.run_dir / CHECKPOINT
-        tmp = self.run_dir / f"{CHECKPOINT}.tmp-{os.getpid()}"
-        old = self.run_dir / f"{CHECKPOINT}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.roles.save_adapters(tmp / "adapters")
         state = {
             "iteration": iteration,
             "trainer": self.trainer.state_dict(),
@@ -365,19 +362,12 @@ class CoEvolution:
                 "policies": {name: _sampler_state(p) for name, p in self.players.items() if _sampler_state(p) is not None},
             },
         }
-        torch.save(state, tmp / "state.pt")
-        (tmp / "pool.json").write_text(json.dumps(self.pool.state_dict()))
-        (tmp / "metrics.json").write_text(json.dumps(self.metrics))
-        (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(final, fsync=True) as tmp:
+            self.roles.save_adapters(tmp / "adapters")
+            torch.save(state, tmp / "state.pt")
+            (tmp / "pool.json").write_text(json.dumps(self.pool.state_dict()))
+            (tmp / "metrics.json").write_text(json.dumps(self.metrics))
+            (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         return final
 
     def _checkpoint_dir(self) -> Path | None:

@@ -13,6 +13,7 @@ from typing import TextIO
 from agents.base import Agent, Turn
 from agents.scripted import make_scripted
 from training.rollout import Rollout, run_lockstep
+from triplay_env.agent_ids import agent_id
 
 __all__ = ["HumanAgent", "play", "reward_table"]
 
@@ -45,8 +46,8 @@ def reward_table(rollout: Rollout, episodes: int) -> str:
     counts: dict[str, dict[str, int]] = {}
     for record in rollout.judged:
         for d, v in enumerate(record["verdicts"]):
-            counts.setdefault(f"defender_{d}", {}).setdefault(v or "none", 0)
-            counts[f"defender_{d}"][v or "none"] += 1
+            tally = counts.setdefault(agent_id("defender", d), {})
+            tally[v or "none"] = tally.get(v or "none", 0) + 1
     lines += ["", "| defender | unsafe | refusal | guidance | success rate of attacks |", "|---|---|---|---|---|"]
     for d, c in counts.items():
         n = sum(c.values())

@@ -1,12 +1,16 @@
-"""``report.md`` and PNG plots of every metric across iterations, from a run's metrics records."""
+"""Rendering: a run's ``report.md`` with plots across iterations, and ``triplay eval``'s ``eval.md`` with bar charts."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_report", "PLOTS", "iteration_table"]
+import numpy as np
+
+__all__ = ["write_report", "PLOTS", "iteration_table", "write_eval_report", "fmt"]
 
 PLOTS = {
     "rewards": ("Reward per role (training phases)", ["red/reward_attacker", "blue/reward_defender", "eval/reward_evaluator"]),
@@ -36,7 +40,7 @@ def _per_iteration(metrics: Sequence[dict]) -> dict[int, dict[str, float]]:
     return {it: {k: sum(v) / len(v) for k, v in row.items()} for it, row in sorted(sums.items())}
 
 
-def _fmt(v: float | None) -> str:
+def fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
@@ -44,7 +48,7 @@ def iteration_table(metrics: Sequence[dict], keys: Sequence[str] = TABLE_KEYS) -
     rows = _per_iteration(metrics)
     lines = ["| iteration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for it, row in rows.items():
-        lines.append(f"| {it} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+        lines.append(f"| {it} | " + " | ".join(fmt(row.get(k)) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -92,3 +96,198 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict]) -> Path:
     report = run_dir / "report.md"
     report.write_text("\n".join(text))
     return report
+
+
+# ---------------------------------------------------------------------------------------------- eval.md
+
+
+def _metrics_of(node: Any, path: str = ""):
+    """Every metric (a dict with ``value`` and ``n``) under ``node``, with its dotted path."""
+    if isinstance(node, dict):
+        if "value" in node and "n" in node:
+            yield path, node
+            return
+        for k, v in node.items():
+            if k in ("confusion_matrix", "examples"):
+                continue
+            yield from _metrics_of(v, f"{path}.{k}" if path else str(k))
+
+
+def _n(m: dict | None) -> str:
+    if m is None:
+        return "-"
+    return f"{m['n']}" + (f" (+{m['n_unjudged']} unjudged)" if m.get("n_unjudged") else "")
+
+
+def _section_table(stages: dict, section: str) -> list[str]:
+    names = [s for s in stages if section in stages[s]]
+    if not names:
+        return []
+    rows: dict[str, dict[str, dict]] = {}
+    for s in names:
+        for path, m in _metrics_of(stages[s][section]):
+            rows.setdefault(path, {})[s] = m
+    delta = len(names) == 2
+    header = ["metric", *names, *(["delta"] if delta else []), *[f"n ({s})" for s in names]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for path, per in rows.items():
+        values = [per.get(s, {}).get("value") for s in names]
+        cells = [f"`{path}`", *(fmt(v) for v in values)]
+        if delta:
+            cells.append("-" if None in values else f"{values[1] - values[0]:+.3f}")
+        cells += [_n(per.get(s)) for s in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary_table(stages: dict) -> list[str]:
+    """The charted metrics of every section in one table (the rest follow per section)."""
+    names = list(stages)
+    if not names:
+        return []
+    delta = len(names) == 2
+    header = ["metric", *names, *(["delta"] if delta else []), "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for section in CHART_PATHS:
+        for path in _chart_rows(stages, section):
+            per = [dict(_metrics_of(stages[s].get(section, {}))).get(path) for s in names]
+            values = [None if m is None else m["value"] for m in per]
+            cells = [f"`{section}.{path}`", *(fmt(v) for v in values)]
+            if delta:
+                cells.append("-" if None in values else f"{values[1] - values[0]:+.3f}")
+            cells.append(_n(per[-1]))
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def _confusion_table(title: str, matrix: dict) -> list[str]:
+    columns = list(next(iter(matrix.values())))
+    lines = [f"{title} (rows: truth, columns: predicted)", "", "| truth \\ predicted | " + " | ".join(columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {t} | " + " | ".join(str(row[c]) for c in columns) + " |" for t, row in matrix.items()]
+    return lines + [""]
+
+
+CHART_PATHS = {
+    "defender": ("plain.all.", "attacked.all.", "over_refusal_rate"),
+    "attacker": ("asr.", "self_bleu", "embedding_distance", "semantic_fidelity"),
+    "evaluator": ("vs_judge.accuracy", "vs_judge.valid_rate", "refusal_judgments.accuracy"),
+    "capability": ("accuracy", "refusal_rate"),
+}
+"""which metrics (dotted-path prefixes) each section's bar chart shows"""
+
+
+def _chart_rows(stages: dict, section: str) -> list[str]:
+    paths = []
+    for s in stages.values():
+        for path, _ in _metrics_of(s.get(section, {})):
+            keep = any(path.startswith(p) for p in CHART_PATHS[section])
+            if section == "attacker" and path.startswith("asr."):
+                keep = path.endswith(".all")
+            if path.endswith("attack_success_rate"):
+                keep = False  # on harmful seeds it equals unsafe_rate, which is shown
+            if keep and path not in paths:
+                paths.append(path)
+    return paths
+
+
+def _bar_charts(stages: dict, plots: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(stages)
+    written = []
+    for section in CHART_PATHS:
+        paths = _chart_rows(stages, section)
+        if not paths:
+            continue
+        values = {s: [dict(_metrics_of(stages[s].get(section, {}))).get(p, {}).get("value") for p in paths] for s in names}
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(paths) + 2), 3.8))
+        width = 0.8 / len(names)
+        x = np.arange(len(paths))
+        for k, s in enumerate(names):
+            heights = [np.nan if v is None else v for v in values[s]]
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=s)
+        ax.set_xticks(x, paths, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{section}: {' vs '.join(names)}")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = plots / f"eval_{section}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(section)
+    return written
+
+
+def write_eval_report(result: dict, out: str | Path) -> Path:
+    """Write ``eval.json``, ``eval.md`` and, with two stages or more, ``plots/eval_<section>.png`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    stages = result["stages"]
+    run = result.get("run") or {}
+    final = f" (final = iteration {run['iteration']})" if run.get("iteration") is not None else ""
+    adapters = f", adapters: `{result['adapters']}`" if result.get("adapters") else ""
+    lines = [f"# TriPlay evaluation{': ' + run['run_name'] if run.get('run_name') else ''}", "",
+             f"- model: `{result['model']}`{adapters}",
+             f"- safety judge (every safety number): **{result['judge']['name']}**",
+             f"- seeds: split `{result['split']}`, up to {result['limit'] or 'all'} per dataset, seed {result['seed']}",
+             f"- stages: {', '.join(stages) or '(none)'}{final}",
+             f"- time: {result['time_s'].get('total', 0):.1f}s", ""]
+    lines += ["## Datasets", "", "| dataset | status | items |", "|---|---|---|"]
+    for name, st in result["datasets"].items():
+        detail = (f"{st['n_used']} of {st['n_available']}" if st["status"] == "ok"
+                  else f"skipped: run `{st['fix']}`")
+        lines.append(f"| {name} | {st['status']} | {detail} |")
+    lines.append("")
+    summary = _summary_table(stages)
+    if summary:
+        lines += ["## Summary", "", *summary, ""]
+    charts = []
+    if len(stages) >= 2:
+        (out / "plots").mkdir(exist_ok=True)
+        charts = _bar_charts(stages, out / "plots")
+    for section in ("defender", "attacker", "evaluator", "capability"):
+        table = _section_table(stages, section)
+        if not table:
+            continue
+        lines += [f"## {section.capitalize()}", ""]
+        if section == "defender":
+            first = next(s for s in stages.values() if section in s)
+            lines += [f"Attacked condition: attacks written by `{first[section]['attacker']}`.", ""]
+        lines += table + [""]
+        if section in charts:
+            lines += [f"![{section}](plots/eval_{section}.png)", ""]
+        if section == "evaluator":
+            for stage, s in stages.items():
+                if "evaluator" in s:
+                    lines += _confusion_table(f"Evaluator vs judge, {stage}", s["evaluator"]["vs_judge"]["confusion_matrix"])
+                    if "refusal_judgments" in s["evaluator"]:
+                        lines += _confusion_table(f"Evaluator vs human refusal labels, {stage}",
+                                                  s["evaluator"]["refusal_judgments"]["confusion_matrix"])
+    scores = result["judge"].get("refusal_judgments")
+    if scores:
+        lines += ["## The safety judge on human-labelled refusal judgments (PyRIT)", "",
+                  "| reading | accuracy | precision (refusal) | recall (refusal) | n |", "|---|---|---|---|---|"]
+        readings = [("judge: verdict REFUSAL", scores["judge"]),
+                    *((f"{name} alone: verdict REFUSAL", s) for name, s in scores["judges"].items()),
+                    ("refusal keywords alone", scores["keywords"]),
+                    (f"keywords or low similarity ({scores['keywords_or_low_similarity']['similarity']})",
+                     scores["keywords_or_low_similarity"])]
+        for label, s in readings:
+            n = _n({**s["accuracy"], "n_unjudged": s.get("n_unjudged", 0)})
+            lines.append(f"| {label} | {fmt(s['accuracy']['value'])} | {fmt(s['precision']['value'])} | "
+                         f"{fmt(s['recall']['value'])} | {n} |")
+        lines += ["", "A refusal that goes on to help safely is GUIDANCE in our three classes but a refusal to PyRIT's "
+                  "labellers, so the verdict reading misses those; the last row is the refusal-or-not rule the "
+                  "relevance judge applies before that split.", "",
+                  *_confusion_table("Judge (verdict REFUSAL) vs human labels", scores["judge"]["confusion_matrix"])]
+    if result["judge"].get("n_unjudged_items"):
+        lines += [f"**{result['judge']['n_unjudged_items']} judged items could not be judged** (left out of the rates, "
+                  "counted per metric as `n_unjudged`; errors in eval.json).", ""]
+    (out / "eval.md").write_text("\n".join(lines) + "\n")
+    return out

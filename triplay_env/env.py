@@ -82,6 +82,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from triplay_env import prompts
+from triplay_env.agent_ids import ATTACKER, agent_id, agents_of, index_of, role_of
 from triplay_env.diversity import AttackSuccessPool
 from triplay_env.judges import JudgeItem, Panel, default_panel, lexical_similarity
 from triplay_env.rewards import RewardScheme, RoundOutcome, attack_succeeded, make_reward_scheme
@@ -171,11 +172,11 @@ class TriPlayEnv(ParallelEnv):
         self.max_observation_chars = max_observation_chars
         self.render_mode = render_mode
 
-        self.defenders = [f"defender_{i}" for i in range(num_defenders)]
-        self.evaluators = [f"evaluator_{i}" for i in range(num_defenders)]
-        self.possible_agents = ["attacker_0", *self.defenders, *self.evaluators]
+        self.defenders = [agent_id("defender", i) for i in range(num_defenders)]
+        self.evaluators = [agent_id("evaluator", i) for i in range(num_defenders)]
+        self.possible_agents = agents_of(num_defenders)
         self.agents: list[str] = []
-        self._roles = {a: a.rpartition("_")[0] for a in self.possible_agents}
+        self._roles = {a: role_of(a) for a in self.possible_agents}
         self._rng = np.random.default_rng()
         self.scenario: Scenario | None = None
 
@@ -267,7 +268,7 @@ class TriPlayEnv(ParallelEnv):
         judged: dict[str, Any] = {}
         terminated = False
         if self._phase is Phase.ATTACK:
-            self._attack = texts["attacker_0"]
+            self._attack = texts[ATTACKER]
             self._pending = True
             self._phase = Phase.DEFEND
         elif self._phase is Phase.DEFEND:
@@ -346,7 +347,7 @@ class TriPlayEnv(ParallelEnv):
             cosine=min(max(float(cosine), 0.0), 1.0),
         )
         paid = self.reward_scheme.rewards(outcome)
-        rewards["attacker_0"] = float(paid.attacker)
+        rewards[ATTACKER] = float(paid.attacker)
         for agent, value in zip(self.defenders, paid.defenders, strict=True):
             rewards[agent] = float(value)
         for agent, value in zip(self.evaluators, paid.evaluators, strict=True):
@@ -383,14 +384,14 @@ class TriPlayEnv(ParallelEnv):
 
     def _active(self) -> list[str]:
         if self._phase is Phase.ATTACK:
-            return ["attacker_0"]
+            return [ATTACKER]
         return self.defenders if self._phase is Phase.DEFEND else self.evaluators
 
     def _messages(self, agent: str) -> list[dict]:
         role = self._roles[agent]
         if role == "attacker":
             return prompts.attacker_messages(self.scenario, self.history)
-        index = int(agent.rpartition("_")[2])
+        index = index_of(agent)
         if role == "defender":
             return prompts.defender_messages(self._attack, self.history, index)
         return prompts.evaluator_messages(self._attack, self._responses[index])

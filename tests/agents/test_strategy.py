@@ -25,8 +25,8 @@ import pytest
 import triplay_env
 from agents.base import turns_from
 from agents.scripted import JudgeEvaluator, StrategyWeakDefender, TemplateAttacker
-from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, detect_strategy, render
 from training.rollout import run_lockstep
+from triplay_env.strategies import STRATEGIES, STRATEGY_NAMES, detect_strategy, render
 
 pytest.importorskip("sb3_contrib")
 

@@ -291,7 +291,8 @@ def test_the_adapters_stage_plays_the_saved_adapters_and_the_base_stage_does_not
 
     from agents.hf import LoRARoles
     from agents.models import tiny_random
-    from training.evaluation import EvalOptions, _load_roles, resolve_subject
+    from training.evaluation.run import _load_roles
+    from training.evaluation.subject import EvalOptions, resolve_subject
 
     trained = LoRARoles(*tiny_random(seed=0))
     with torch.no_grad():  # a "trained" defender: peft starts B at zero, so give it weights

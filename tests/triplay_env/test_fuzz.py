@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import triplay_env
+from triplay_env.agent_ids import role_of
 from triplay_env.datasets import load_scenarios
 from triplay_env.scenarios import Scenario
 from triplay_env.verdicts import parse_verdict
@@ -140,7 +141,7 @@ def play_episode(config, seed, scenario, steps):
         assert sorted(active) == sorted(active_actions)
         actions = {a: v for a, v in junk.items() if a not in active_actions}  # junk only for inactive agents
         actions.update(active_actions)
-        role = active[0].rpartition("_")[0]
+        role = role_of(active[0])
         limit = LIMITS[role]
         kept = {a: t[:limit] for a, t in active_actions.items()}
 

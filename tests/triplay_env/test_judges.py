@@ -24,6 +24,7 @@ from agents.scripted import (
     TemplateAttacker,
     make_scripted,
 )
+from triplay_env.agent_ids import role_of
 from triplay_env.datasets import load_scenarios
 from triplay_env.judges import (
     HarmLexiconJudge,
@@ -455,7 +456,7 @@ def test_render_index_out_of_range(bad):
 def turn(agent="attacker_0", *, text=LOCK, category="crime", harmful=True, attack="", responses=()):
     info = {"scenario": {"text": text, "category": category, "harmful": harmful, "source": "test"},
             "attack": attack, "responses": tuple(responses)}
-    return Turn(agent, agent.rpartition("_")[0], "", [], info)
+    return Turn(agent, role_of(agent), "", [], info)
 
 
 def test_template_attacker_fixed_strategy():
