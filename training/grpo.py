@@ -230,15 +230,23 @@ def ema_update(baseline: float, batch_mean: float, decay: float) -> float:
 class RoleBaseline:
     """SPIRAL's role-conditioned advantage estimation (RAE, arXiv 2506.24119).
 
-    One baseline per role: an exponential moving average (decay 0.95, SPIRAL's value) of the mean return
-    that role's batches received. The advantage of a sample is its reward minus the role's baseline
-    *before* this batch updates it, so a batch never baselines itself. Roles are any hashable key in
-    principle; use str keys (``"attacker"``, ``"defender"``, ``"evaluator"``, or ``"attacker/<scenario>"``
-    for SPIRAL's per-game baselines) so :meth:`state_dict` stays JSON-friendly.
+    One baseline per role: an exponential moving average of the returns that role received, with decay
+    0.95 (SPIRAL's value). The advantage of a sample is its reward minus the role's baseline *before* this
+    batch updates it, so a batch never baselines itself. Roles are ``str`` keys (``"attacker"``,
+    ``"defender"``, ``"evaluator"``, or ``"attacker/<scenario>"`` for a baseline per role and scenario, like
+    the paper's per-game baselines), which keeps :meth:`state_dict` JSON-friendly.
 
-    ``init`` is the baseline a role starts from. Default 0.0 is our choice (the paper's initial value was
-    not checked here): TriPlay's rewards lie roughly in [-1, 1], so 0 is the neutral starting point, and
-    with decay 0.95 the initial value's weight falls below 10% after 45 batches.
+    **One update per batch (ours).** SPIRAL's released code folds in each game's return one at a time
+    (``b <- 0.95 b + 0.05 R``, per game and player). Here :meth:`advantages` / :meth:`update` fold in the
+    *mean* reward of the batch they are given, once: every sample of a batch is baselined by the same value,
+    and the baseline moves once per batch, not once per sample. Our choice: the loop calls it once per GRPO
+    step with that step's samples, and a per-sample update would let the batch's order decide the baselines.
+
+    ``decay`` is the weight of the old baseline, in [0, 1] (a bool is refused): 1 keeps a role at ``init``
+    for ever, 0 makes the baseline the previous batch's mean. ``init`` is the baseline of a role that has not
+    played yet, a finite number. Default 0.0, the value SPIRAL's EMA starts from; TriPlay's rewards lie
+    roughly in [-1, 1], so 0 is also the neutral start, and with decay 0.95 its weight falls below 10%
+    after 45 batches (0.95^45 = 0.099).
 
     Worked example (decay 0.95, init 0), three attacker batches with mean rewards 1.0, 0.5, -1.0:
 
@@ -260,10 +268,10 @@ class RoleBaseline:
     """
 
     def __init__(self, decay: float = 0.95, init: float = 0.0) -> None:
-        if not (isinstance(decay, (int, float)) and 0.0 <= decay <= 1.0):
+        if isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0.0 <= decay <= 1.0):
             raise ValueError(f"decay must be a number in [0, 1] (SPIRAL uses 0.95), got decay={decay!r}")
-        if not math.isfinite(init):
-            raise ValueError(f"init must be finite, got init={init!r}")
+        if isinstance(init, bool) or not (isinstance(init, (int, float)) and math.isfinite(init)):
+            raise ValueError(f"init must be a finite number (default 0.0), got init={init!r}")
         self.decay = float(decay)
         """weight of the old baseline in each update (SPIRAL: 0.95)"""
         self.init = float(init)

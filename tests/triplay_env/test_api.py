@@ -15,6 +15,8 @@ import triplay_env
 from agents.base import turns_from
 from agents.scripted import GuidanceDefender, JudgeEvaluator, TemplateAttacker
 from triplay_env.agent_ids import role_of
+from triplay_env.panel import keyword_panel
+from triplay_env.spaces import UnicodeText
 
 CONFIGS = [
     pytest.param({"num_defenders": 1, "max_rounds": 1}, id="1def-1round"),
@@ -143,12 +145,35 @@ def test_unknown_config_key_lists_valid_keys():
 
 
 def test_spaces_are_cached_and_contain_observations():
-    env = triplay_env.parallel_env(num_defenders=2)
+    # The old last line, ``action_space("attacker_0").contains("Ünïcødé 中文 \x00 attack")``, could not fail
+    # for a space that accepts too much: it asked about one 20-character string against a 2,000-character
+    # limit and never about a string the space must reject, so ``contains`` returning True for everything
+    # (or ignoring the length) passed it. These assert both sides of UnicodeText's contract.
+    env = triplay_env.parallel_env(num_defenders=2, max_attack_chars=8, max_observation_chars=50,
+                                   panel=keyword_panel())
     assert env.observation_space("defender_1") is env.observation_space("defender_1")
     obs, _ = env.reset(seed=3)
     for agent, o in obs.items():
         assert env.observation_space(agent).contains(o)
-    assert env.action_space("attacker_0").contains("Ünïcødé 中文 \x00 attack")
+    attack = env.action_space("attacker_0")  # UnicodeText(max_attack_chars = 8)
+    assert attack.contains("Ünï中\x00 😀!")  # 8 characters, none of them in gymnasium's default charset
+    assert attack.contains("")  # min_length 0: an empty action is in the space (the env pays it as a refusal)
+    assert not attack.contains("x" * 9)  # one over max_attack_chars
+    for not_text in (b"attack", 8, None, ["attack"]):
+        assert not attack.contains(not_text), not_text
+    # the prompt space follows max_observation_chars: 50 fits, 51 does not, whatever the characters
+    prompt = env.observation_space("attacker_0")["prompt"]
+    assert prompt.contains("中" * 50) and not prompt.contains("中" * 51)
+    assert not env.observation_space("attacker_0").contains({**obs["attacker_0"], "prompt": "x" * 51})
+
+
+def test_unicode_text_bounds_and_sampling():
+    space = UnicodeText(max_length=5, min_length=2, seed=0)
+    assert [space.contains(x) for x in ("a", "ab", "Ωé\u200b中\x00", "abcdef")] == [False, True, True, False]
+    assert space.contains("日本語한국")  # 5 characters, outside the sampling charset: contains ignores the charset
+    samples = [space.sample() for _ in range(50)]
+    assert all(isinstance(x, str) and 2 <= len(x) <= 5 for x in samples) and all(map(space.contains, samples))
+    assert space == UnicodeText(5, min_length=2) and space != UnicodeText(6, min_length=2)
 
 
 def test_step_before_reset_and_after_end():
@@ -222,11 +247,27 @@ def test_strategy_attacker_masks_and_defaults():
         view._to_text(99)
 
 
-def test_maskable_ppo_runs_on_strategy_attacker():
+def test_maskable_ppo_trains_on_the_views_action_masks():
+    # The old last line, ``env.action_space.contains(int(action))``, could not fail: the action space is
+    # Discrete(11) and MaskablePPO's categorical head only ever returns an index in 0..10, whatever the
+    # masks (an all-True mask, or none at all, passed it too). What MaskablePPO takes from the view is the
+    # mask, so this checks the masks it stored while learning, and that it never played a masked action.
     sb3_contrib = pytest.importorskip("sb3_contrib")
-    env = gymnasium.make("triplay/StrategyAttacker-v0")
+    panel = keyword_panel()
+    env = gymnasium.make("triplay/StrategyAttacker-v0", panel=panel, evaluator=JudgeEvaluator(panel))
+    view = env.unwrapped
     model = sb3_contrib.MaskablePPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu")
-    model.learn(total_timesteps=320)
-    obs, _ = env.reset(seed=1)
-    action, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)
-    assert env.action_space.contains(int(action))
+    model.learn(total_timesteps=128)
+    buffer = model.rollout_buffer  # the last 64 steps (one env, max_rounds 1: every step is round 0)
+    n_strategies = len(triplay_env.strategies.STRATEGIES)  # 11
+    masks = buffer.action_masks.reshape(-1, n_strategies).astype(bool)  # [64, 11]
+    obs = buffer.observations.reshape(len(masks), -1)  # [64, categories + 3]
+    actions = buffer.actions.reshape(-1).astype(int)  # [64]
+    harmful = obs[:, len(view.categories)] == 1.0  # the [harmful, benign] pair follows the category one-hot
+    assert 0 < harmful.sum() < len(masks)  # both seed kinds were played (benign_fraction 0.3)
+    alarm = triplay_env.strategies.STRATEGY_NAMES.index("alarm_framing")
+    # by hand from the view's docstring: a harmful seed allows the 10 strategies other than alarm_framing,
+    # a benign one all 11 (round 0, nothing used yet)
+    assert (masks.sum(axis=1) == np.where(harmful, 10, 11)).all()
+    assert not masks[harmful, alarm].any() and masks[~harmful].all()
+    assert masks[np.arange(len(masks)), actions].all()  # every stored action was allowed by its mask
