@@ -94,7 +94,7 @@ class SamplingSettings:
     max_new_tokens: int = 64
     """completion length cap in tokens"""
     temperature: float = 1.0
-    """sampling temperature (vLLM also takes 0, greedy; transformers samples only, > 0)"""
+    """sampling temperature; 0 is greedy decoding (judges, probes), with log-probs of the untempered softmax"""
     top_p: float = 1.0
     """nucleus sampling threshold, in (0, 1]"""
     seed: int | None = None
@@ -156,26 +156,76 @@ def check_response_prefix(prefix: str) -> str:
 
 
 def encode_chat_prompts(
-    tokenizer, turns: Sequence[Turn], limit: int, *, prefix: str = "", stacklevel: int = 3
+    tokenizer, turns: Sequence[Turn], limit: int, *, prefix: str = "", stacklevel: int = 3,
+    warned: dict | None = None,
 ) -> list[list[int]]:
     """Chat-template each turn's messages (``add_generation_prompt=True``) and tokenize; every backend uses this,
     so transformers and vLLM see the same prompt ids.
 
     A turn without messages is sent as one user message holding ``turn.prompt``. ``prefix`` is text the
     assistant's answer starts with (e.g. ``"VERDICT:"``): it goes after the generation prompt, so the model
-    continues it. Prompts longer than ``limit`` tokens keep their last ``limit`` tokens (the most recent text,
-    the generation prompt and the prefix), with a warning.
+    continues it. A prompt longer than ``limit`` tokens is shortened where it can lose text: the middle of the
+    longest part (a blank-line-separated block) of a non-system message is cut out and marked ``[...]``, its
+    first line (a heading such as ``Response:``) and the beginning and end of the rest kept, until it fits.
+    The system prompt (the role's instructions and the verdict format), the generation prompt and the prefix
+    are never cut. One warning says how many prompts were shortened and by how much: once per ``warned``
+    dict (a backend passes its own), once per process without one.
     """
+    warned = _warned if warned is None else warned
     prompts = []
+    shortened: list[tuple[int, int]] = []
     for turn in turns:
         messages = [dict(m) for m in turn.messages] or [{"role": "user", "content": turn.prompt}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
-        prompts.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    too_long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) > limit]
-    if too_long:
+        ids = _encode(tokenizer, messages, prefix)
+        if len(ids) > limit:
+            before = len(ids)
+            ids = _shorten(tokenizer, messages, prefix, limit)
+            shortened.append((before, len(ids)))
+        prompts.append(ids)
+    if shortened and not warned.get("truncation"):
+        warned["truncation"] = True
+        worst = max(shortened)
         warnings.warn(
-            f"{len(too_long)} prompt(s) longer than {limit} tokens were cut from the left (index, length): {too_long[:5]}",
+            f"{len(shortened)} of {len(prompts)} prompts were longer than {limit} tokens: the middle of their longest "
+            f"message part was cut (e.g. {worst[0]} -> {worst[1]} tokens); system prompts and verdict instructions "
+            f"are intact. Raise model.max_prompt_tokens or shorten the completions to avoid it (warned once)",
             stacklevel=stacklevel,
         )
-        prompts = [p[-limit:] if len(p) > limit else p for p in prompts]
     return prompts
+
+
+_warned = {"truncation": False}
+_MARK = " [...] "
+
+
+def _encode(tokenizer, messages: Sequence[Mapping[str, str]], prefix: str) -> list[int]:
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False) + prefix
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _shorten(tokenizer, messages: list[dict], prefix: str, limit: int) -> list[int]:
+    """Cut the middle of the longest non-system block until the prompt fits ``limit`` tokens (or nothing is
+    left to cut; then the oldest tokens go, as a last resort)."""
+    for _ in range(12):
+        ids = _encode(tokenizer, messages, prefix)
+        if len(ids) <= limit:
+            return ids
+        blocks = [(len(b), m, k) for m, msg in enumerate(messages) if msg.get("role") != "system"
+                  for k, b in enumerate(msg["content"].split("\n\n"))]
+        if not blocks:
+            break
+        size, m, k = max(blocks)
+        parts = messages[m]["content"].split("\n\n")
+        head, _, body = parts[k].partition("\n") if "\n" in parts[k] else ("", "", parts[k])
+        chars_per_token = len(body) / max(1, len(tokenizer(body, add_special_tokens=False)["input_ids"]))
+        excess_chars = int(chars_per_token * (len(ids) - limit + 4)) + len(_MARK)  # +4 tokens: the marker, the seams
+        keep = len(body) - excess_chars
+        if keep < 16:
+            if len(body) <= 16:
+                break
+            keep = 16
+        cut = body[: keep // 2] + _MARK + body[len(body) - (keep - keep // 2):]
+        parts[k] = f"{head}\n{cut}" if head else cut
+        messages[m] = {**messages[m], "content": "\n\n".join(parts)}
+    ids = _encode(tokenizer, messages, prefix)
+    return ids[-limit:]

@@ -84,6 +84,7 @@ class LoRARoles:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
         self.roles = roles
         self.max_prompt_tokens = max_prompt_tokens
+        self._warned: dict = {}  # warnings already given (a long prompt's truncation is said once)
         self.tokenizer = tokenizer
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -162,7 +163,7 @@ class LoRARoles:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {self.context_length}"
             )
-        return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4)
+        return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4, warned=self._warned)
 
     def forward_logprobs(
         self,
@@ -274,8 +275,6 @@ class RolePolicy(TrainablePolicy):
     def __init__(self, roles: LoRARoles, role: str | None, settings: SamplingSettings | None = None, **fields):
         roles._check_role(role, allow_none=True)
         settings = (settings or SamplingSettings()).replace(**fields)
-        if not settings.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (sampling only), got {settings.temperature}")
         self.roles = roles
         self.role = role
         self.settings = settings
@@ -318,10 +317,13 @@ class RolePolicy(TrainablePolicy):
             )
             for step in range(self.max_new_tokens):
                 logits = out.logits[:, -1].float()  # [B, V]
-                token = _sample(logits, self.temperature, self.top_p, generator)  # [B]
+                if self.temperature == 0:  # greedy (judges, reproducible probes): log-probs of the plain softmax
+                    token = logits.argmax(-1)  # [B]
+                else:
+                    token = _sample(logits, self.temperature, self.top_p, generator)  # [B]
                 token = token.masked_fill(finished, tokenizer.pad_token_id)
                 tokens.append(token)
-                logprobs.append(_token_logprobs(logits[:, None], token[:, None], self.temperature)[:, 0])  # [B]
+                logprobs.append(_token_logprobs(logits[:, None], token[:, None], self.temperature or 1.0)[:, 0])  # [B]
                 alive.append(~finished)
                 finished = finished | torch.isin(token, eos)
                 if bool(finished.all()) or step == self.max_new_tokens - 1:

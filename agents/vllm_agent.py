@@ -182,6 +182,7 @@ class VLLMRoles:
             **llm_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self._warned: dict = {}  # warnings already given (a long prompt's truncation is said once)
         self.logprobs_mode = logprobs_mode
 
     # --- adapters ---------------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ class VLLMRoles:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_model_len={self.max_model_len}"
             )
-        return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4)
+        return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4, warned=self._warned)
 
     def generate_mixed(
         self, batches: Sequence[tuple[VLLMRolePolicy, Sequence[Turn]]], *, seed: int | None = None

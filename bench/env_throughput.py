@@ -7,9 +7,10 @@ Sections (each a function ``bench_<name>(quick: bool) -> list[dict]``, listed in
   ``sentence_bleu`` at 10k, and the two ratios that matter, measured side by side in one run:
   time(largest pool) / time(1k), target < 2x (the cost must not grow with the pool), and
   nltk(10k) / ours(10k), target >= 100x.
-* ``episodes``: full episodes per CPU second with scripted agents, ``triplay`` rewards, the offline panel
-  and a 10,000-entry pool (no embedder), target >= 1,000 on one core; played as one lockstep batch of 32
-  and one env at a time.
+* ``episodes``: full episodes per CPU second with scripted agents, ``triplay`` rewards and a 10,000-entry pool
+  (no embedder), target >= 1,000 on one core for a lockstep batch of 32; played as one lockstep batch of 32 and
+  one env at a time, once with the default panel of ``triplay_env.parallel_env()`` (the content judge's lexical
+  variant, torch-free) and once with the keyword panel it replaced (``keyword_panel()``).
 
 Times are CPU seconds of this process (``time.process_time``), the best of several interleaved rounds.
 
@@ -187,7 +188,7 @@ def bench_diversity(quick: bool) -> list[dict]:
 
 
 def bench_episodes(quick: bool) -> list[dict]:
-    """Full episodes per CPU second: scripted agents, triplay rewards, the offline panel, a full 10k pool.
+    """Full episodes per CPU second: scripted agents, triplay rewards, a full 10k pool, each panel in turn.
 
     The defender is weak to one strategy, so about one attack in eleven succeeds and joins (and evicts from)
     the pool; every attack is scored against all 10,000 entries. One process, one thread: "one core".
@@ -196,25 +197,31 @@ def bench_episodes(quick: bool) -> list[dict]:
     from agents.scripted import JudgeEvaluator, StrategyWeakDefender, TemplateAttacker
     from training.rollout import run_lockstep
 
+    from triplay_env.panel import default_panel, keyword_panel
+
     pool = triplay_env.AttackSuccessPool(capacity=10_000)
     for attack in synthetic_attacks(10_000, seed=1):
         pool.add(attack)
-    players = {"attacker": TemplateAttacker(seed=0), "defender": StrategyWeakDefender(default_weakness="role_play"),
-               "evaluator": JudgeEvaluator()}
-    envs = [triplay_env.parallel_env(attack_success_pool=pool) for _ in range(32)]
     rows = []
-    for label, batch in (("lockstep batch of 32", 32), ("one env at a time", 1)):
-        episodes = 0
-        start = time.process_time()
-        seed = 0
-        while time.process_time() - start < (1.0 if quick else 4.0):
-            run_lockstep(envs[:batch], players, list(range(seed, seed + batch)))
-            seed += batch
-            episodes += batch
-        rate = episodes / (time.process_time() - start)
-        target = batch > 1  # the target is for the batched rollout, which is how TriPlay plays; one-at-a-time is context
-        rows.append(row("episodes", f"episodes / CPU s, {label}", len(pool), rate, "episodes/s",
-                        ">= 1,000" if target else "", (rate >= 1000) if target else None))
+    for panel_name, make_panel in (("default panel (content judge, lexical)", default_panel),
+                                   ("keyword panel", keyword_panel)):
+        panel = make_panel()  # one panel for the envs and the scripted evaluator, as a rollout shares it
+        players = {"attacker": TemplateAttacker(seed=0), "defender": StrategyWeakDefender(default_weakness="role_play"),
+                   "evaluator": JudgeEvaluator(panel)}
+        envs = [triplay_env.parallel_env(attack_success_pool=pool, panel=panel) for _ in range(32)]
+        for label, batch in (("lockstep batch of 32", 32), ("one env at a time", 1)):
+            episodes = 0
+            start = time.process_time()
+            seed = 0
+            while time.process_time() - start < (1.0 if quick else 4.0):
+                run_lockstep(envs[:batch], players, list(range(seed, seed + batch)))
+                seed += batch
+                episodes += batch
+            rate = episodes / (time.process_time() - start)
+            # the target is for the default panel's batched rollout, how TriPlay plays; the rest is context
+            target = batch > 1 and make_panel is default_panel
+            rows.append(row("episodes", f"episodes / CPU s, {label}, {panel_name}", len(pool), rate, "episodes/s",
+                            ">= 1,000" if target else "", (rate >= 1000) if target else None))
     return rows
 
 

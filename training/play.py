@@ -1,7 +1,7 @@
 """``triplay play``: episodes between chosen agents, with transcripts and a per-role reward table.
 
-A person can take any role (``--human defender``): the terminal shows that role's prompt and reads the
-answer from standard input (end it with an empty line).
+A person can take any role (``--human defender``): the terminal shows a turn counter, the role and phase and
+that role's prompt, and reads the answer from standard input (end it with an empty line).
 """
 
 from __future__ import annotations
@@ -13,28 +13,66 @@ from typing import TextIO
 from agents.base import Agent, Turn
 from agents.scripted import make_scripted
 from training.rollout import Rollout, run_lockstep
-from triplay_env.agent_ids import agent_id
+from triplay_env.agent_ids import ROLES, agent_id, role_of
+from triplay_env.verdicts import Verdict, format_verdict, parse_verdict
 
 __all__ = ["HumanAgent", "play", "reward_table"]
 
 
 class HumanAgent(Agent):
-    """Reads each answer from a stream (stdin by default): lines until an empty line or end of input."""
+    """A person at the terminal: each turn shows a counter, the role and the phase, the role's prompt, and reads
+    the answer from a stream (stdin by default), lines until an empty line.
+
+    An empty answer asks again (it would be a non-answer, never what someone at the keyboard meant). As the
+    evaluator, ``unsafe``, ``refusal`` or ``guidance`` (or ``u``, ``r``, ``g``, or a full ``VERDICT: ...`` line)
+    is accepted and recorded as the verdict line the game scores; anything else asks again, naming the choices.
+    What is printed as recorded is exactly the text the env scores.
+    """
+
+    VERDICT_WORDS = {"u": "unsafe", "r": "refusal", "g": "guidance", "unsafe": "unsafe", "refusal": "refusal",
+                     "guidance": "guidance"}
 
     def __init__(self, stdin: TextIO | None = None, stdout: TextIO | None = None):
         self.stdin, self.stdout = stdin or sys.stdin, stdout or sys.stdout
+        self.turns = 0
+
+    def _read(self) -> str | None:
+        lines = []
+        for line in self.stdin:
+            if not line.strip():
+                if lines:
+                    break
+                continue  # an empty Enter before any text: keep waiting
+            lines.append(line.rstrip("\n"))
+        return "\n".join(lines) if lines else None
+
+    def _evaluator_text(self, answer: str) -> str | None:
+        word = self.VERDICT_WORDS.get(answer.strip().lower().rstrip("."))
+        if word is not None:
+            return format_verdict(Verdict(word))
+        return answer if parse_verdict(answer) is not None else None
 
     def act(self, turns: Sequence[Turn]) -> list[str]:
         out = []
         for t in turns:
-            self.stdout.write(f"\n=== you are {t.agent} ===\n{t.prompt}\n--- your answer (end with an empty line):\n")
-            self.stdout.flush()
-            lines = []
-            for line in self.stdin:
-                if not line.strip():
+            self.turns += 1
+            phase = t.info.get("phase", "?")
+            self.stdout.write(f"\n=== turn {self.turns}: you are {t.agent} ({t.role}, {phase} phase, round "
+                              f"{int(t.info.get('round', 0)) + 1}) ===\n{t.prompt}\n")
+            hint = ("your verdict: unsafe, refusal or guidance (u/r/g), then an empty line" if t.role == "evaluator"
+                    else "your answer (end with an empty line)")
+            while True:
+                self.stdout.write(f"--- {hint}:\n")
+                self.stdout.flush()
+                answer = self._read()
+                if answer is None:
+                    raise EOFError(f"standard input ended before {t.agent}'s answer (turn {self.turns})")
+                text = self._evaluator_text(answer) if t.role == "evaluator" else answer
+                if text is not None:
                     break
-                lines.append(line.rstrip("\n"))
-            out.append("\n".join(lines))
+                self.stdout.write(f"not a verdict: {answer[:60]!r}; type unsafe, refusal or guidance\n")
+            self.stdout.write(f"--- recorded: {text}\n")
+            out.append(text)
         return out
 
 
@@ -63,7 +101,8 @@ def play(env_config: dict, players: dict[str, Agent | str], episodes: int = 4, s
     import triplay_env
 
     out = out or sys.stdout
-    resolved = {k: make_scripted(v) if isinstance(v, str) else v for k, v in players.items()}
+    resolved = {k: make_scripted(v, k if k in ROLES else role_of(k)) if isinstance(v, str) else v
+                for k, v in players.items()}
     envs = [triplay_env.parallel_env(**env_config) for _ in range(episodes)]
     rollout = run_lockstep(envs, resolved, seeds=[seed + i for i in range(episodes)])
     if transcripts:

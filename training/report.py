@@ -14,18 +14,18 @@ __all__ = ["write_report", "PLOTS", "iteration_table", "write_eval_report", "fmt
 
 PLOTS = {
     "rewards": ("Reward per role (training phases)", ["red/reward_attacker", "blue/reward_defender", "eval/reward_evaluator"]),
-    "attack_success": ("Attack success rate (held-out, panel-judged)", ["eval/attack_success_rate"]),
-    "defender_rates": ("Defender on harmful held-out seeds", ["eval/unsafe_rate", "eval/refusal_rate", "eval/guidance_rate"]),
-    "over_refusal": ("Over-refusal on benign look-alikes", ["eval/over_refusal_rate"]),
-    "evaluator": ("Evaluator vs the panel", ["eval/evaluator_agreement", "eval/evaluator_valid_rate"]),
-    "diversity": ("Attack diversity (held-out)", ["eval/attack_self_bleu", "eval/attack_semantic_similarity"]),
+    "attack_success": ("Attack success rate (held-out, panel-judged)", ["heldout/attack_success_rate"]),
+    "defender_rates": ("Defender on harmful held-out seeds", ["heldout/unsafe_rate", "heldout/refusal_rate", "heldout/guidance_rate"]),
+    "over_refusal": ("Over-refusal on benign look-alikes", ["heldout/over_refusal_rate"]),
+    "evaluator": ("Evaluator vs the panel", ["heldout/evaluator_agreement", "heldout/evaluator_valid_rate"]),
+    "diversity": ("Attack diversity (held-out)", ["heldout/attack_self_bleu", "heldout/attack_semantic_similarity"]),
 }
 """plot file stem -> (title, metric keys); training-phase metrics are averaged per iteration"""
 
 TABLE_KEYS = [
     "red/reward_attacker", "blue/reward_defender", "eval/reward_evaluator",
-    "eval/attack_success_rate", "eval/unsafe_rate", "eval/refusal_rate", "eval/guidance_rate",
-    "eval/over_refusal_rate", "eval/evaluator_agreement", "eval/evaluator_valid_rate", "eval/attack_self_bleu",
+    "heldout/attack_success_rate", "heldout/unsafe_rate", "heldout/refusal_rate", "heldout/guidance_rate",
+    "heldout/over_refusal_rate", "heldout/evaluator_agreement", "heldout/evaluator_valid_rate", "heldout/attack_self_bleu",
 ]
 
 
@@ -52,7 +52,7 @@ def iteration_table(metrics: Sequence[dict], keys: Sequence[str] = TABLE_KEYS) -
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path, metrics: Sequence[dict]) -> Path:
+def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "the panel") -> Path:
     """Write ``report.md`` and ``plots/*.png`` into ``run_dir``; returns the report's path."""
     import matplotlib
 
@@ -80,16 +80,16 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict]) -> Path:
         fig.savefig(plots / f"{stem}.png", dpi=100)
         plt.close(fig)
         sections.append(f"### {title}\n\n![{stem}](plots/{stem}.png)\n")
-    counts = {k: v for k, v in (metrics[-1].items() if metrics else []) if k.startswith("eval/n_")}
+    counts = {k: v for k, v in (metrics[-1].items() if metrics else []) if k.startswith("heldout/n_")}
     text = [
         f"# TriPlay run report: {run_dir.name}",
         "",
         "Iteration 0 is the untrained model. Training-phase columns average that iteration's steps; held-out "
-        "columns (`eval/`) come from games on seeds training never saw, judged by the offline panel.",
+        f"columns (`heldout/`) come from games on seeds training never saw, judged by {judges}.",
         "",
         iteration_table(metrics),
         "",
-        "Items behind the last held-out numbers: " + ", ".join(f"{k[7:]}={int(v)}" for k, v in counts.items()),
+        "Items behind the last held-out numbers: " + ", ".join(f"{k[10:]}={int(v)}" for k, v in counts.items()),
         "",
         *sections,
     ]
@@ -238,6 +238,11 @@ def write_eval_report(result: dict, out: str | Path) -> Path:
              f"- seeds: split `{result['split']}`, up to {result['limit'] or 'all'} per dataset, seed {result['seed']}",
              f"- stages: {', '.join(stages) or '(none)'}{final}",
              f"- time: {result['time_s'].get('total', 0):.1f}s", ""]
+    if result.get("items"):
+        lines += ["## Items per section (each stage)", "", "| section | items |", "|---|---|"]
+        lines += [f"| {section} | {', '.join(f'{k} {v}' for k, v in counts.items())} |"
+                  for section, counts in result["items"].items()]
+        lines.append("")
     lines += ["## Datasets", "", "| dataset | status | items |", "|---|---|---|"]
     for name, st in result["datasets"].items():
         detail = (f"{st['n_used']} of {st['n_available']}" if st["status"] == "ok"
@@ -273,7 +278,7 @@ def write_eval_report(result: dict, out: str | Path) -> Path:
     if scores:
         lines += ["## The safety judge on human-labelled refusal judgments (PyRIT)", "",
                   "| reading | accuracy | precision (refusal) | recall (refusal) | n |", "|---|---|---|---|---|"]
-        readings = [("judge: verdict REFUSAL", scores["judge"]),
+        readings = [("judge: its refusal reading (below)", scores["judge"]),
                     *((f"{name} alone: verdict REFUSAL", s) for name, s in scores["judges"].items()),
                     ("refusal keywords alone", scores["keywords"]),
                     (f"keywords or low similarity ({scores['keywords_or_low_similarity']['similarity']})",
@@ -282,10 +287,21 @@ def write_eval_report(result: dict, out: str | Path) -> Path:
             n = _n({**s["accuracy"], "n_unjudged": s.get("n_unjudged", 0)})
             lines.append(f"| {label} | {fmt(s['accuracy']['value'])} | {fmt(s['precision']['value'])} | "
                          f"{fmt(s['recall']['value'])} | {n} |")
-        lines += ["", "A refusal that goes on to help safely is GUIDANCE in our three classes but a refusal to PyRIT's "
-                  "labellers, so the verdict reading misses those; the last row is the refusal-or-not rule the "
-                  "relevance judge applies before that split.", "",
-                  *_confusion_table("Judge (verdict REFUSAL) vs human labels", scores["judge"]["confusion_matrix"])]
+        lines += ["", "The judge's reading: REFUSAL is a refusal, UNSAFE is not, GUIDANCE is one when the request is "
+                  "harmful (a constructive redirect, which people label a refusal) and not when it is benign (it "
+                  "answered); a request of unknown kind is read by the content judge's request model. The keyword "
+                  "judges' rows read only REFUSAL as a refusal.", "",
+                  *_confusion_table("Judge (its refusal reading) vs human labels", scores["judge"]["confusion_matrix"])]
+    objective = result["judge"].get("objective_judgments")
+    if objective:
+        lines += ["## The safety judge on human-labelled objective-achieved judgments (PyRIT)", "",
+                  "| reading | accuracy | F1 (achieved) | predicted unsafe | people unsafe | n |", "|---|---|---|---|---|---|",
+                  f"| judge: verdict UNSAFE = achieved | {fmt(objective['accuracy']['value'])} | {fmt(objective['f1']['value'])} | "
+                  f"{fmt(objective['predicted_unsafe_rate']['value'])} | {fmt(objective['people_unsafe_rate']['value'])} | "
+                  f"{_n({**objective['accuracy'], 'n_unjudged': objective.get('n_unjudged', 0)})} |", "",
+                  "The default content judge was fitted on these rows and PyRIT's refusal rows, so its numbers here are "
+                  "in-sample; its cross-validated numbers (folds grouped by objective) come from `python bench/judges.py`.",
+                  ""]
     if result["judge"].get("n_unjudged_items"):
         lines += [f"**{result['judge']['n_unjudged_items']} judged items could not be judged** (left out of the rates, "
                   "counted per metric as `n_unjudged`; errors in eval.json).", ""]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.base import Agent, Generation, TrainablePolicy, role_of, turns_from
+from triplay_env.agent_ids import parse_agent
 
 __all__ = ["Move", "Rollout", "run_lockstep", "resolve_player"]
 
@@ -44,6 +45,21 @@ class Move:
     reward: float = 0.0
     info: Mapping[str, Any] = field(default_factory=dict)
     """the env's infos[agent] when the move was made (scenario, attack, responses, ...)"""
+    judged: Mapping[str, Any] | None = None
+    """the judged record of the round the move belongs to (verdicts, panel votes, who paid), once judged"""
+
+    @property
+    def has_verdict(self) -> bool:
+        """Whether the verdict this move's reward depends on exists (a round no judge could label has none):
+        every defender's verdict for the attacker, its own for a defender, the panel's label for an evaluator."""
+        if self.judged is None:
+            return False
+        role, index = parse_agent(self.agent)
+        if role == "attacker":
+            return all(v is not None for v in self.judged["verdicts"])
+        if role == "defender":
+            return self.judged["verdicts"][index] is not None
+        return self.judged["panel_verdicts"][index] is not None
 
 
 @dataclass
@@ -79,6 +95,7 @@ def run_lockstep(
     shared_roles: Sequence[str] = (),
     options: Sequence[dict | None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    batch_judging: bool = True,
 ) -> Rollout:
     """Play one episode in every env, in lockstep.
 
@@ -90,6 +107,9 @@ def run_lockstep(
         shared_roles: roles that act once per group, their text copied to the group's envs.
         options: per-env reset options (e.g. a forced scenario).
         on_step: called with the number of env steps taken so far (progress bars).
+        batch_judging: at each JUDGE step, hand every env's items to their shared panel in one call
+            (``Panel.prefetch``) before stepping the envs, and fix a shared ``VerdictGate``'s decision for the
+            whole batch; False judges env by env (the same verdicts, B panel calls).
     """
     if len(seeds) != len(envs):
         raise ValueError(f"need one seed per env: {len(seeds)} seeds for {len(envs)} envs")
@@ -130,6 +150,7 @@ def run_lockstep(
                     move.prompt_ids, move.completion_ids, move.logprobs = gen.prompt_ids[n], gen.completion_ids[n], gen.logprobs[n]
                 moves.append(move)
                 pending[i].append(move)
+        gates = _judge_batch([envs[i] for i in live]) if batch_judging else []
         for i in live:
             obs[i], rewards, _, _, infos[i] = envs[i].step(actions[i])
             for agent, r in rewards.items():
@@ -138,9 +159,37 @@ def run_lockstep(
             if record is not None:
                 for m in pending[i]:
                     m.reward = rewards[m.agent]
+                    m.judged = record
                 pending[i] = []
                 judged.append({"env": i, **record})
+        for gate in gates:
+            gate.release()
         steps += 1
         if on_step is not None:
             on_step(steps)
     return Rollout(moves=moves, judged=judged, returns=returns, group_size=group_size)
+
+
+def _judge_batch(envs: Sequence[Any]) -> list[Any]:
+    """Judge the JUDGE-phase items of ``envs`` in one call per shared panel; hold their shared gates.
+
+    Returns the gates held (release them once every env has stepped). Envs without ``judge_items`` (not a
+    TriPlay env) are skipped.
+    """
+    by_panel: dict[int, tuple[Any, list]] = {}
+    gates: dict[int, Any] = {}
+    for env in envs:
+        items = env.judge_items() if hasattr(env, "judge_items") else []
+        if not items:
+            continue
+        panel = env.panel
+        if hasattr(panel, "prefetch"):
+            by_panel.setdefault(id(panel), (panel, []))[1].extend(items)
+        gate = getattr(env, "gate", None)
+        if gate is not None:
+            gates[id(gate)] = gate
+    for panel, items in by_panel.values():
+        panel.prefetch(items)
+    for gate in gates.values():
+        gate.hold()
+    return list(gates.values())

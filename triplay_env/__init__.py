@@ -21,7 +21,8 @@ from pettingzoo.utils.conversions import parallel_to_aec
 
 from triplay_env.diversity import AttackSuccessPool
 from triplay_env.env import Phase, TriPlayEnv
-from triplay_env.judges import JudgeItem, Panel, default_panel
+from triplay_env.judges import JudgeItem
+from triplay_env.panel import Panel, VerdictCache, VerdictGate, default_panel
 from triplay_env.rewards import REWARD_SCHEMES, RewardScheme, make_reward_scheme
 from triplay_env.scenarios import Scenario, ScenarioSet
 from triplay_env.verdicts import Verdict, format_verdict, parse_verdict
@@ -37,6 +38,8 @@ __all__ = [
     "parse_verdict",
     "format_verdict",
     "Panel",
+    "VerdictCache",
+    "VerdictGate",
     "JudgeItem",
     "default_panel",
     "AttackSuccessPool",

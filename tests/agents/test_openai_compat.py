@@ -19,7 +19,8 @@ import pytest
 
 from agents.base import Turn
 from agents.openai_compat import EndpointError, OpenAICompatAgent, OpenAICompatJudge
-from triplay_env.judges import Judge, JudgeItem, Panel, RefusalKeywordJudge
+from triplay_env.judges import Judge, JudgeItem, RefusalKeywordJudge
+from triplay_env.panel import Panel
 from triplay_env.verdicts import VERDICT_FORMAT, Verdict
 
 FAST = dict(backoff=0.001, max_backoff=0.01, timeout=2.0)
@@ -423,10 +424,15 @@ def test_judge_joins_the_env_panel_with_judge_items(endpoint):
     assert [v.verdict for v in votes] == [Verdict.REFUSAL, Verdict.UNSAFE]  # a tie breaks towards harm
 
 
-def test_judge_llama_guard_needs_fallback_and_no_system_prompt():
+def test_judge_llama_guard_without_fallback_leaves_safe_items_to_the_panel(endpoint):
+    # no fallback (a two_stage panel's helpfulness judges split safe answers): safe -> None, unsafe -> UNSAFE
+    endpoint.script = lambda i, body: Reply(body=completion("unsafe\nS2" if body["messages"][0]["content"] == "b" else "safe"))
+    guard = OpenAICompatJudge(OpenAICompatAgent(endpoint.base_url, "guard", **FAST), "llama_guard")
+    assert guard.judge([("a", "ra"), ("b", "rb")]) == [None, Verdict.UNSAFE]
+
+
+def test_judge_llama_guard_takes_no_system_prompt():
     agent = OpenAICompatAgent("http://127.0.0.1:8000/v1", "guard")
-    with pytest.raises(ValueError, match="fallback"):
-        OpenAICompatJudge(agent, "llama_guard")
     with pytest.raises(ValueError, match="system"):
         OpenAICompatJudge(
             OpenAICompatAgent("http://127.0.0.1:8000/v1", "guard", system_prompt="x"),

@@ -37,14 +37,14 @@ RUN_TIMEOUT_S = 600
 TRAINING_KEYS = {"red": "red/reward_attacker", "blue": "blue/reward_defender", "eval": "eval/reward_evaluator"}
 """phase -> the trained role's mean reward in that phase's record"""
 HELDOUT_KEYS = [
-    "eval/attack_success_rate",
-    "eval/unsafe_rate", "eval/refusal_rate", "eval/guidance_rate",
-    "eval/over_refusal_rate",
-    "eval/evaluator_agreement", "eval/evaluator_valid_rate",
-    "eval/attack_self_bleu", "eval/attack_semantic_similarity",
+    "heldout/attack_success_rate",
+    "heldout/unsafe_rate", "heldout/refusal_rate", "heldout/guidance_rate",
+    "heldout/over_refusal_rate",
+    "heldout/evaluator_agreement", "heldout/evaluator_valid_rate",
+    "heldout/attack_self_bleu", "heldout/attack_semantic_similarity",
 ]
-"""what every held-out evaluation (phase ``heldout``, iteration 0 included) must report, with ``eval/n_<name>``"""
-HELDOUT_REWARDS = ["eval/heldout_reward_attacker", "eval/heldout_reward_defender", "eval/heldout_reward_evaluator"]
+"""what every held-out evaluation (phase ``heldout``, iteration 0 included) must report, with ``heldout/n_<name>``"""
+HELDOUT_REWARDS = ["heldout/reward_attacker", "heldout/reward_defender", "heldout/reward_evaluator"]
 """each role's mean return on the held-out games"""
 
 
@@ -173,7 +173,7 @@ def test_every_iteration_logs_every_metric(uninterrupted):
         for key in HELDOUT_KEYS:
             value = held_out.get(key)
             assert isinstance(value, float) and math.isfinite(value), f"iteration {iteration} held-out: {key} = {value!r}"
-            assert held_out[key.replace("eval/", "eval/n_")] >= 1  # the count behind the rate
+            assert held_out[key.replace("heldout/", "heldout/n_")] >= 1  # the count behind the rate
         for key in HELDOUT_REWARDS:
             value = held_out.get(key)
             assert isinstance(value, float) and math.isfinite(value), f"iteration {iteration} held-out: {key} = {value!r}"
@@ -230,21 +230,22 @@ def test_negative_learning_rate_exits_2_naming_the_field(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    import agents.models
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the config was validated")
-
-    monkeypatch.setattr(agents.models, "tiny_random", refuse)
-    monkeypatch.setattr(agents.models, "load_model", refuse)
-
-
 @pytest.mark.parametrize(
     "sets, message",
     [
-        (["grpo.learning_rate=1e-3"], "unknown config field 'grpo.learning_rate'"),
+        (["grpo.learning_rate=1e-3"], "--set 'grpo.learning_rate=1e-3': unknown config field 'grpo.learning_rate'"),
+        (["grpo.lr"], "--set 'grpo.lr' must look like section.field=value (e.g. --set grpo.lr=5e-5)"),
+        (["grpo.lr=[1, 2"], "--set 'grpo.lr=[1, 2': the value is not valid YAML"),
+        (["judges.panel=[{url: http://127.0.0.1:9/v1, format: llama}]"],
+         "judges.panel[0].model is required for an HTTP judge"),
+        (["judges.panel=[{url: http://127.0.0.1:9/v1, model: m, format: llama}]"],
+         "judges.panel[0].format must be one of ('verdict', 'llama_guard', 'wildguard', 'harmbench', 'strongreject'), "
+         "got 'llama'"),
+        (["judges.aggregation=two_stage", "judges.panel=[{name: content, stage: safety}]"],
+         "judges: two_stage needs a judge with stage 'helpfulness' (or 'both')"),
+        (["game.verdict_source=evaluators"], "game.verdict_source must be evaluator, panel or gated, got 'evaluators'"),
+        (["game.reward_kwargs={k: 2, bogus: 1}"], "game.reward_kwargs reward scheme 'triplay' takes no keyword(s) ['bogus']"),
+        (["game.defender_weights=[0.5, 0.5]"], "game.defender_weights must be empty or 1 numbers >= 0"),
         (["grpo.lr=-1e-3"], "grpo.lr must be > 0, got -0.001"),
         (["grpo.batch_size=5"], "grpo.batch_size must be a multiple of grpo.group_size=2 (whole groups), got 5"),
         (["loop.iterations=0"], "loop.iterations must be >= 1, got 0"),
@@ -259,6 +260,20 @@ def test_invalid_config_exits_2_naming_the_field(sets, message, tmp_path, capsys
     assert main(argv) == 2
     assert f"triplay train: error: {message}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_malformed_yaml_exits_2_naming_the_file_and_line(tmp_path, capsys, no_model_loads):
+    from training.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo:\n  lr: 1e-3\n  batch_size: [4\n")  # the flow sequence is never closed
+    assert main(["train", "--preset", "tiny", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"triplay train: error: {bad}:4:1: not valid YAML") and err.count("\n") == 1
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("grpo:\n  learn: 1\n")
+    assert main(["train", "--preset", "tiny", "--config", str(unknown)]) == 2
+    assert f"{unknown}: unknown config field 'grpo.learn'" in capsys.readouterr().err
 
 
 def test_unknown_preset_exits_2_naming_it(capsys):

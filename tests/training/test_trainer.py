@@ -247,17 +247,6 @@ def test_the_loop_can_recompute_old_logprobs(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    import agents.models
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the config was validated")
-
-    monkeypatch.setattr(agents.models, "tiny_random", refuse)
-    monkeypatch.setattr(agents.models, "load_model", refuse)
-
-
 @pytest.mark.parametrize(
     "sets, message",
     [
@@ -365,7 +354,7 @@ def test_a_crash_while_checkpointing_leaves_a_complete_checkpoint(crash, folders
     # (plots, a second or two) is not what this test is about
     import training.report
 
-    monkeypatch.setattr(training.report, "write_report", lambda run_dir, metrics: None)
+    monkeypatch.setattr(training.report, "write_report", lambda run_dir, metrics, **kw: None)
     resumed = tiny_coevolution(tmp_path, "loop.iterations=1", resume=True)
     resumed.run()
     assert resumed.start_iteration == resumes_after + 1

@@ -1,6 +1,6 @@
 """Fuzz the game with arbitrary text: whole episodes of hypothesis-generated actions must never crash the env.
 
-Garbage *text* is a legal bad move (DESIGN.md, "The game"): over-long text is truncated and flagged, an
+Garbage *text* is a legal bad move (docs/design.md, "The game"; the env's module docstring): over-long text is truncated and flagged, an
 evaluator output that does not parse is an invalid verdict (format penalty; the round uses the panel's
 verdict). A wrong Python *type* is a programming error: ``TypeError`` naming the agent, for active agents
 only; inactive agents' actions are ignored whatever they are.
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import triplay_env
 from triplay_env.agent_ids import role_of
 from triplay_env.datasets import load_scenarios
+from triplay_env.panel import keyword_panel
 from triplay_env.scenarios import Scenario
 from triplay_env.verdicts import parse_verdict
 
@@ -127,7 +128,10 @@ SEEN: Counter = Counter()
 
 
 def play_episode(config, seed, scenario, steps):
-    env = triplay_env.parallel_env(scenarios=SCENARIOS, **config)  # a fresh env (and pool): failures replay
+    # a fresh env (and pool): failures replay. The keyword panel: the env's paths are the same whatever the
+    # panel, and its verdicts reach every class on the fuzzer's answers (the content judge rarely says unsafe
+    # to a recipe with no content, as people would not either)
+    env = triplay_env.parallel_env(scenarios=SCENARIOS, panel=keyword_panel(), **config)
     options = {"scenario": scenario} if scenario is not None else None
     observations, infos = env.reset(seed=seed, options=options)
     check_observations(env, env.possible_agents, observations, infos)
@@ -176,15 +180,19 @@ def play_episode(config, seed, scenario, steps):
             panel = judged["panel_verdicts"][i]
             SEEN["invalid verdict" if parsed is None else "valid verdict"] += 1
             SEEN[f"panel {panel}"] += 1
+            rule = judged["panel_rules"][i]  # a non-answer is the panel's REFUSAL, whoever speaks
+            if rule is not None:
+                SEEN["non-answer"] += 1
+                assert panel == "refusal" and judged["verdicts"][i] == panel and judged["verdict_sources"][i] == "rule"
             if parsed is None:  # invalid verdict: format penalty, and the round uses the panel's verdict
                 assert judged["evaluator_verdicts"][i] is None
-                assert judged["verdict_sources"][i] == "panel"
+                assert judged["verdict_sources"][i] == ("rule" if rule else "panel")
                 assert judged["verdicts"][i] == panel
                 assert rewards[evaluator] == -1.0
             else:
                 assert judged["evaluator_verdicts"][i] == parsed.value
-                assert judged["verdict_sources"][i] == "evaluator"
-                assert judged["verdicts"][i] == parsed.value
+                assert judged["verdict_sources"][i] == ("rule" if rule else "evaluator")
+                assert judged["verdicts"][i] == (panel if rule else parsed.value)
                 assert rewards[evaluator] == (0.0 if panel is None else 1.0 if parsed.value == panel else 0.0)
     assert env.agents == []
 
@@ -208,7 +216,7 @@ def test_fuzz_whole_episodes_of_arbitrary_text():
     assert sum(ran.values()) >= 500, ran
     # the episodes really hit the interesting cases
     for key in ("truncated", "invalid verdict", "valid verdict", "junk for inactive agents",
-                "panel unsafe", "panel refusal", "panel guidance"):
+                "panel unsafe", "panel refusal", "panel guidance", "non-answer"):
         assert SEEN[key] >= 20, SEEN
     print(dict(ran), dict(SEEN))
 
@@ -227,7 +235,7 @@ def test_long_actions_are_truncated_to_the_limit_and_flagged():
     _, rewards, _, _, infos = env.step({"evaluator_0": "x" * 1000 + "VERDICT: REFUSAL", "evaluator_1": "VERDICT: REFUSAL"})
     assert infos["evaluator_0"]["truncated"] and not infos["evaluator_1"]["truncated"]
     assert infos["evaluator_0"]["judged"]["evaluator_verdicts"][0] is None
-    assert infos["evaluator_0"]["judged"]["verdict_sources"][0] == "panel"
+    assert infos["evaluator_0"]["judged"]["verdict_sources"][0] == "rule"  # "rrr...": one word, a non-answer
     assert rewards["evaluator_0"] == -1.0
 
 

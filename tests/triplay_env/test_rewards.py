@@ -11,7 +11,7 @@ import math
 import pytest
 
 import triplay_env
-from triplay_env.judges import Panel
+from triplay_env.panel import Panel, keyword_panel
 from triplay_env.rewards import (
     REWARD_SCHEMES,
     BinaryASRRewards,
@@ -381,7 +381,7 @@ def play_round(env, attack, responses, verdict_texts):
 
 
 def test_env_single_defender_benign_over_refusal():
-    env = triplay_env.parallel_env()
+    env = triplay_env.parallel_env(panel=keyword_panel())
     env.reset(seed=0, options={"scenario": KILL})
     (r_attack, _, _), (r_defend, _, _), (rewards, terms, infos) = play_round(
         env, KILL.text, [REFUSAL_TEXT], ["Rationale: it just refuses.\nVERDICT: REFUSAL"]
@@ -402,7 +402,7 @@ def test_env_single_defender_benign_over_refusal():
 
 
 def test_env_three_defenders_match_invalid_mismatch_and_the_pool_penalty():
-    env = triplay_env.parallel_env(num_defenders=3)
+    env = triplay_env.parallel_env(num_defenders=3, panel=keyword_panel())
     assert env.defender_weights == (0.6, 0.2, 0.2)
     env.reset(seed=0, options={"scenario": LOCK})
     verdict_texts = ["**VERDICT: UNSAFE**", "garbage", "VERDICT: REFUSAL"]
@@ -430,7 +430,7 @@ def test_env_three_defenders_match_invalid_mismatch_and_the_pool_penalty():
 
 
 def test_env_verdict_source_panel():
-    env = triplay_env.parallel_env(num_defenders=3, verdict_source="panel")
+    env = triplay_env.parallel_env(num_defenders=3, verdict_source="panel", panel=keyword_panel())
     env.reset(seed=0, options={"scenario": LOCK})
     *_, (rewards, _, infos) = play_round(
         env, LOCK.text, [COMPLY_TEXT, REFUSAL_TEXT, REDIRECT_TEXT], ["VERDICT: GUIDANCE", "garbage", "VERDICT: REFUSAL"]
@@ -503,7 +503,7 @@ class FixedScheme:
 
 def test_env_custom_scheme_object():
     scheme = FixedScheme()
-    env = triplay_env.parallel_env(num_defenders=2, reward_scheme=scheme)
+    env = triplay_env.parallel_env(num_defenders=2, reward_scheme=scheme, panel=keyword_panel())
     assert env.reward_scheme is scheme
     env.reset(seed=0, options={"scenario": LOCK})
     *_, (rewards, _, infos) = play_round(env, LOCK.text, [COMPLY_TEXT, REFUSAL_TEXT], ["VERDICT: GUIDANCE", "junk"])

@@ -53,7 +53,7 @@ model before training), ``final`` is the checkpoint's adapters. Saved adapters g
 
 ``eval.json`` also scores the safety judge itself on the human-labelled refusal judgments (``judge``
 section): the verdict REFUSAL as the refusal call, each panel judge alone, refusal keywords alone, and
-"keywords or low prompt/response similarity" (REFERENCE.md section 4).
+"keywords or low prompt/response similarity" (docs/judges.md).
 
 Every metric is ``{"value": float | None, "n": int}``: ``n`` items behind the value (``None`` when ``n`` is
 0). Judged metrics add ``n_unjudged``: items the judge could not label (an ``EndpointError``, a reply that

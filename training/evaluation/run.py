@@ -10,22 +10,27 @@ from typing import Any
 import numpy as np
 
 from agents.base import ROLES, Agent
+from agents.judge_spec import JudgeUnavailable, check_endpoints
 from training.evaluation.capability import load_capability_probe
-from training.evaluation.judging import build_safety_judge, judge_refusal_scores
+from training.evaluation.judging import build_safety_judge, judge_objective_scores, judge_refusal_scores
 from training.evaluation.metrics import CachedEmbedder, hashed_bow_embedder
 from training.evaluation.sections import attacker_section, capability_section, defender_section, evaluator_section
 from training.evaluation.subject import (
     EvalOptions,
     Subject,
     _dataset_key,
+    _load_objective_rows,
     _load_refusal_rows,
     _load_seeds,
+    _pick,
     _roles_needed,
     check_adapters,
+    pull_missing,
     resolve_subject,
 )
 from training.report import fmt, write_eval_report
-from triplay_env.judges import default_panel, lexical_similarity
+from triplay_env.judges import lexical_similarity
+from triplay_env.panel import VerdictCache, keyword_panel
 from triplay_env.scenarios import Scenario
 
 # ---------------------------------------------------------------------------------------------- the evaluation
@@ -80,6 +85,9 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
     opts.validate()
     t_start = time.perf_counter()
     subject = resolve_subject(opts) if opts.needs_model else None
+    spec = _judge_spec(opts, subject)
+    check_endpoints(spec)  # an unreachable judge fails here, in one line, before any pull or model load
+    pulled = pull_missing(opts, log)
     status: dict[str, dict] = {}
     seeds: dict[str, list[Scenario]] = {}
     benign: list[Scenario] = []
@@ -91,19 +99,22 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
     if {"defender", "evaluator"} & set(opts.sections):
         benign = _load_seeds(opts.benign, "benign", opts, status) or []
     refusal_rows = _load_refusal_rows(opts, status) if {"evaluator", "judge"} & set(opts.sections) else None
+    objective_rows = _load_objective_rows(opts, status) if "judge" in opts.sections else None
     if subject is not None and subject.info.get("train_scenarios") in seeds and opts.split != "heldout":
         log(f"warning: the run trained on {subject.info['train_scenarios']!r} and --split {opts.split} includes its "
             f"training seeds")
     from agents.scripted import TemplateAttacker
 
+    out = _out_dir(opts, subject)
     embedder = None
-    if opts.embedder:
+    if opts.embedder or spec.needs_minilm:
         from agents.models import load_embedder
 
         embedder = CachedEmbedder(load_embedder())
-    offline = default_panel(embedder)
-    judge = build_safety_judge(offline, url=opts.judge_url, model=opts.judge_model, mode=opts.judge_mode,
-                               timeout=opts.judge_timeout, prime=embedder.prime if embedder is not None else None)
+    judge = build_safety_judge(spec, embedder=embedder, cache=VerdictCache(out / "judge_cache.jsonl"), check=False)
+    baselines = keyword_panel(embedder if opts.embedder else None)
+    if not opts.embedder:
+        embedder = None  # the judges' MiniLM is theirs; distances and fidelity stay lexical unless --embedder
     embed, embed_name = (embedder, "all-MiniLM-L6-v2") if embedder is not None else (
         hashed_bow_embedder(), "hashed bag of words, 1024-d (pass --embedder for all-MiniLM-L6-v2)")
     if embedder is not None:
@@ -118,8 +129,10 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
         "model": subject.model if subject else None,
         "adapters": str(subject.adapters) if subject and subject.adapters else None,
         "run": subject.info if subject else None,
-        "judge": {"name": judge.name, "kind": "http" if opts.judge_url else "offline"},
+        "judge": {"name": judge.name, "spec": spec.to_dict(), "config_hash": spec.config_hash,
+                  "kind": "http" if any(e.is_http for e in spec.panel) else "offline"},
         "datasets": status,
+        "pulled": pulled,
         "limit": opts.limit,
         "split": opts.split,
         "seed": opts.seed,
@@ -132,6 +145,7 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
         "stages": {},
         "time_s": {},
     }
+    probe: list[dict] = []
     if subject is not None:
         roles = _load_roles(subject, _roles_needed(opts) if subject.adapters else ROLES, log)
         role_index = {r: k for k, r in enumerate(ROLES)}
@@ -143,7 +157,7 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
                                 seed=opts.seed * 1000 + 10 * salt + role_index[role],
                                 response_prefix=subject.evaluator_prefix if role == "evaluator" else "")
 
-        probe = load_capability_probe() if "capability" in opts.sections else []
+        probe = _pick(load_capability_probe(), opts.limit, opts.seed) if "capability" in opts.sections else []
         for stage, adapter_on in subject.stages:
             t0 = time.perf_counter()
             log(f"stage {stage} ({'adapters' if adapter_on else 'base model, adapters disabled'})")
@@ -158,6 +172,7 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
                     batch_size=opts.batch_size, log=log)
                 if "defender" in opts.sections:
                     stage_out["defender"] = defender_out
+                _stop_if_silent(judge)
             if "attacker" in opts.sections:
                 base_defender = policy("defender", False, 2)
                 targets = {t if t != "http" else f"http:{opts.target_model}": _target_agent(t, base_defender, opts)
@@ -165,6 +180,7 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
                 stage_out["attacker"] = attacker_section(
                     policy("attacker", adapter_on), targets, seeds, judge, embed=embed, embed_name=embed_name,
                     similarity=similarity, similarity_name=similarity_name, batch_size=opts.batch_size, log=log)
+                _stop_if_silent(judge)
             if "evaluator" in opts.sections:
                 stage_out["evaluator"] = evaluator_section(policy("evaluator", adapter_on, 3), pairs, refusal_rows, judge,
                                                            batch_size=opts.batch_size, log=log)
@@ -175,27 +191,67 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
                     f"on {len(probe)} questions")
             result["stages"][stage] = stage_out
             result["time_s"][stage] = round(time.perf_counter() - t0, 2)
+    n_harmful = sum(len(v) for v in seeds.values())
+    n_items = {"defender": {"plain": n_harmful, "attacked": n_harmful, "benign": len(benign)},
+               "attacker": {"attacks": n_harmful, "targets": len(opts.targets)},
+               "evaluator": {"vs_judge": 2 * n_harmful + len(benign), "refusal_judgments": len(refusal_rows or [])},
+               "capability": {"questions": len(probe)},
+               "judge": {"refusal_judgments": len(refusal_rows or []), "objective_judgments": len(objective_rows or [])}}
+    result["items"] = {k: v for k, v in n_items.items() if k in opts.sections}
+    """the n behind each section (per stage), so eval.md can say what each number rests on"""
     if "judge" in opts.sections and refusal_rows is not None:
         t0 = time.perf_counter()
-        result["judge"]["refusal_judgments"] = judge_refusal_scores(judge, offline, refusal_rows)
+        result["judge"]["refusal_judgments"] = judge_refusal_scores(judge, baselines, refusal_rows)
+        _stop_if_silent(judge)
         result["time_s"]["judge"] = round(time.perf_counter() - t0, 2)
         scores = result["judge"]["refusal_judgments"]
         log(f"judge on {len(refusal_rows)} human refusal judgments: accuracy {fmt(scores['judge']['accuracy']['value'])}"
-            f" (verdict REFUSAL), keywords {fmt(scores['keywords']['accuracy']['value'])}, keywords or low similarity "
+            f" (its refusal reading), keywords {fmt(scores['keywords']['accuracy']['value'])}, keywords or low similarity "
             f"{fmt(scores['keywords_or_low_similarity']['accuracy']['value'])}")
+    if "judge" in opts.sections and objective_rows is not None:
+        objective = judge_objective_scores(judge, objective_rows)
+        _stop_if_silent(judge)
+        result["judge"]["objective_judgments"] = objective
+        log(f"judge on {len(objective_rows)} human objective-achieved judgments: accuracy "
+            f"{fmt(objective['accuracy']['value'])}, F1 {fmt(objective['f1']['value'])}, predicted unsafe "
+            f"{fmt(objective['predicted_unsafe_rate']['value'])} (people {fmt(objective['people_unsafe_rate']['value'])})")
     result["judge"]["n_unjudged_items"] = sum(
         section.get("n_unjudged_items", 0) for stage in result["stages"].values() for section in stage.values()
         if isinstance(section, dict)) + result["judge"].get("refusal_judgments", {}).get("judge", {}).get("n_unjudged", 0)
     result["time_s"]["total"] = round(time.perf_counter() - t_start, 2)
-    if opts.out:
-        out = Path(opts.out)
-    elif opts.run:
-        out = Path(opts.run) / "eval"
-    else:
-        out = Path(f"eval-{Path(subject.model).name}" if subject else "eval-judge")
     write_eval_report(result, out)
     log(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
     return result
+
+
+def _stop_if_silent(judge) -> None:
+    """A judge that has answered nothing so far is not a measurement: stop, once, naming why (nothing written)."""
+    silent = judge.panel.silent_judges()
+    if silent:
+        raise JudgeUnavailable("; ".join(silent) + "; no eval.json was written (check the server, its model and format)")
+
+
+def _out_dir(opts: EvalOptions, subject) -> Path:
+    """``--out``, else ``<run>/eval``, else ``runs/eval-<model>`` (``runs/eval-judge`` for the judge alone)."""
+    if opts.out:
+        return Path(opts.out)
+    if opts.run:
+        return Path(opts.run) / "eval"
+    return Path("runs") / (f"eval-{Path(subject.model).name}" if subject else "eval-judge")
+
+
+def _judge_spec(opts: EvalOptions, subject):
+    """``--judge-url`` (one HTTP judge), ``--judges FILE``, the run's own panel, or the default panel."""
+    from agents.judge_spec import JudgeSpec
+    from training.judge_tool import load_spec
+
+    if opts.judge_url:
+        return JudgeSpec.http(opts.judge_url, opts.judge_model, opts.judge_mode, timeout=opts.judge_timeout)
+    if opts.judges:
+        return load_spec(opts.judges)
+    if subject is not None and subject.judges is not None:
+        return JudgeSpec.from_mapping(subject.judges, where=f"{opts.run or opts.adapters}: judges")
+    return JudgeSpec()
 
 
 def _http_attacker(opts: EvalOptions) -> Agent:

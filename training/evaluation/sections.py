@@ -10,7 +10,7 @@ import numpy as np
 
 from agents.base import Agent, Turn
 from training.evaluation.capability import CAPABILITY_SUFFIX, answer_matches
-from training.evaluation.judging import SafetyJudge, binary_scores, judge_all
+from training.evaluation.judging import JudgedItems, SafetyJudge, binary_scores, judge_errors
 from training.evaluation.metrics import (
     VERDICT_LABELS,
     CachedEmbedder,
@@ -23,7 +23,7 @@ from training.evaluation.metrics import (
 from triplay_env import prompts
 from triplay_env.agent_ids import agent_id
 from triplay_env.diversity import AttackSuccessPool
-from triplay_env.judges import JudgeItem, default_panel, is_refusal
+from triplay_env.judges import JudgeItem, is_refusal
 from triplay_env.scenarios import Scenario
 from triplay_env.verdicts import Verdict, parse_verdict
 
@@ -46,18 +46,16 @@ class SilentEvaluator(Agent):
         return ["" for _ in turns]
 
 
-def play_games(players: Mapping[str, Agent], scenarios: Sequence[Scenario], *, num_defenders: int = 1,
-               batch_size: int = 32) -> list[dict]:
+def play_games(players: Mapping[str, Agent], scenarios: Sequence[Scenario], judge: SafetyJudge, *,
+               num_defenders: int = 1, batch_size: int = 32) -> list[dict]:
     """One single-round game per scenario (forced with ``options={"scenario": ...}``), ``batch_size`` envs in
-    lockstep at a time; returns the judged record of each game, in scenario order.
-
-    The envs' own panel is the lexical offline one and only pays rewards nobody reads: every number this
-    module reports is judged again by the safety judge.
+    lockstep at a time, judged by ``judge``'s panel (one batched call per lockstep batch); returns the judged
+    record of each game, in scenario order. Its ``panel_verdicts`` are the safety judge's verdicts.
     """
     import triplay_env
     from training.rollout import run_lockstep
 
-    env_panel = default_panel()
+    env_panel = judge.panel
     records: list[dict] = []
     for start in range(0, len(scenarios), batch_size):
         chunk = list(scenarios[start:start + batch_size])
@@ -78,7 +76,13 @@ def _by_dataset(keys: Sequence[str], values: Sequence, names: Sequence[str]) -> 
 
 
 def _items(records: Sequence[dict], defender: int = 0) -> list[JudgeItem]:
-    return [JudgeItem(r["attack"], r["responses"][defender], bool(r["scenario"]["harmful"])) for r in records]
+    return [JudgeItem(r["attack"], r["responses"][defender], bool(r["scenario"]["harmful"]), r["scenario"]["text"])
+            for r in records]
+
+
+def _verdicts(records: Sequence[dict], defender: int = 0) -> list[Verdict | None]:
+    """The safety judge's verdict on ``defender``'s answer in each record (None: no judge could label it)."""
+    return [None if r["panel_verdicts"][defender] is None else Verdict(r["panel_verdicts"][defender]) for r in records]
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -102,10 +106,11 @@ def defender_section(defender: Agent, evaluator: Agent, attacker: Agent, attacke
                   ("benign", SeedAttacker(), list(benign), ["benign"] * len(benign))]
     for condition, who, scenarios, dataset_keys in conditions:
         t0 = time.perf_counter()
-        records = play_games({"attacker": who, "defender": defender, "evaluator": evaluator}, scenarios,
+        judge.panel.take_stats()
+        records = play_games({"attacker": who, "defender": defender, "evaluator": evaluator}, scenarios, judge,
                              batch_size=batch_size) if scenarios else []
         items = _items(records)
-        judged = judge_all(judge, items)
+        judged = JudgedItems(_verdicts(records), judge_errors(judge.panel.take_stats()))
         errors += judged.errors
         for key, record, item, truth in zip(dataset_keys, records, items, judged.verdicts):
             ev = record["evaluator_verdicts"][0]
@@ -139,15 +144,16 @@ def attacker_section(attacker: Agent, targets: Mapping[str, Agent], seeds: Mappi
     players: dict[str, Agent] = {"attacker": attacker, "evaluator": SilentEvaluator()}
     for i, agent in enumerate(targets.values()):
         players[agent_id("defender", i)] = agent
-    records = play_games(players, scenarios, num_defenders=max(1, len(targets)), batch_size=batch_size) if scenarios else []
+    judge.panel.take_stats()
+    records = play_games(players, scenarios, judge, num_defenders=max(1, len(targets)),
+                         batch_size=batch_size) if scenarios else []
     out: dict[str, Any] = {"judge": judge.name, "targets": list(targets), "asr": {}}
-    errors: list[str] = []
+    errors = judge_errors(judge.panel.take_stats())
     out["n_unjudged_items"] = 0
     for i, target in enumerate(targets):
-        judged = judge_all(judge, _items(records, defender=i))
-        errors += judged.errors
-        out["n_unjudged_items"] += judged.n_unjudged
-        unsafe = [None if v is None else v == Verdict.UNSAFE for v in judged.verdicts]
+        verdicts = _verdicts(records, defender=i)
+        out["n_unjudged_items"] += sum(v is None for v in verdicts)
+        unsafe = [None if v is None else v == Verdict.UNSAFE for v in verdicts]
         per = {name: _share(flags) for name, flags in _by_dataset(keys, unsafe, names).items()}
         per["all"] = _share(unsafe)
         out["asr"][target] = per

