@@ -350,6 +350,11 @@ def _demo() -> TrainConfig:
     # lr 1e-3: with 6 updates per role, 2e-4 moved the held-out numbers not at all (measured), 1e-3 did
     cfg.grpo = GRPOConfig(group_size=4, batch_size=8, micro_batch_size=8, lr=1e-3)
     cfg.loop = LoopConfig(iterations=3, steps_per_phase=2, eval_scenarios=16)
+    # verdict_source stays "evaluator" (the paper's closed loop), measured against "gated" on the training
+    # rollouts (panel-judged, never the held-out split): with gated the gate never opened (rolling agreement
+    # 0.40-0.55 < 0.6), so the panel paid throughout and P_Blue's unsafe rate stayed 0.50-0.63; with the
+    # evaluator paying (it parses on about half the rounds by iteration 2) it fell to 0.25. Both at 8 games a
+    # step, so this is a choice in direction, not a significant difference (README, "The demo run")
     return cfg
 
 

@@ -55,3 +55,27 @@ def test_eval_stops_when_its_judge_answers_nothing_readable(tmp_path, capsys, mo
     assert code == 2 and err.count("\n") == 1, err
     assert "judge verdict:chatty answered none of the" in err and "its replies could not be parsed" in err
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_a_gpu_preset_without_vllm_says_so_at_once_with_the_install_command(tmp_path, capsys, no_model_loads):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    code = cli.main(["train", "--preset", "qwen3-4b", "--set", f"loop.runs_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "model.backend=vllm needs vLLM" in err and "pip install -e '.[vllm]'" in err and "model.backend=hf" in err
+
+
+def test_a_hub_model_that_is_not_here_is_named_at_once(tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    t0 = time.perf_counter()
+    code = cli.main(["train", "--preset", "qwen3-4b", "--set", "model.backend=hf", "--set", f"loop.runs_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "model 'Qwen/Qwen3-4B' is not in the Hugging Face cache" in err and "huggingface-cli download" in err
+    assert time.perf_counter() - t0 < 30  # no minute of retries
