@@ -7,7 +7,7 @@
 | :class:`AlwaysComplyDefender` | defender | a recipe-shaped "Sure, here is how..." answer with no real content |
 | :class:`GuidanceDefender` | defender | helps with benign seeds, redirects harmful ones constructively (an oracle: reads the seed kind from infos) |
 | :class:`StrategyWeakDefender` | defender | like Guidance, but complies when the attack uses the strategy it is weak to for the seed's category |
-| :class:`JudgeEvaluator` | evaluator | asks a judge (the offline panel by default) and writes ``VERDICT: ...`` |
+| :class:`JudgeEvaluator` | evaluator | asks a judge (the default panel unless given one) and writes ``VERDICT: ...`` |
 
 >>> from agents.base import Turn
 >>> turn = Turn("defender_0", "defender", "", [], {"attack": "hi", "scenario": {"text": "hi", "harmful": True}})
@@ -146,7 +146,7 @@ class StrategyWeakDefender(Agent):
 
 
 class JudgeEvaluator(Agent):
-    """Writes the verdict of ``judge`` (a single judge or a ``Panel``; the offline panel by default)."""
+    """Writes the verdict of ``judge`` (a single judge or a ``Panel``; ``triplay_env.panel.default_panel()`` by default)."""
 
     def __init__(self, judge: Judge | Panel | None = None):
         self.judge = judge if judge is not None else default_panel()

@@ -27,9 +27,11 @@ flat, panel-judged numbers, each with ``n_<metric>``; :func:`self_bleu_within` i
 **``triplay eval``** (:func:`run_eval`) measures a run directory, a folder of saved adapters, or a bare base
 model on the ``heldout`` split (stable hash, ``triplay_env.scenarios.split_of``) of public benchmarks pulled
 with ``triplay data pull``, and writes ``eval.json`` and ``eval.md`` (plus PNG bar charts when there are two
-stages to compare). Safety numbers are judged by one *safety judge*, named in the output: the offline panel
-by default, or an HTTP judge (Llama Guard, WildGuard or any chat model behind an OpenAI-compatible server)
-with ``--judge-url``. Never by the evaluator being measured.
+stages to compare). Safety numbers are judged by one *safety judge*, a panel named in the output: the run's
+own (its ``judges`` config), a spec file (``--judges``), or one HTTP judge (``--judge-url``: Llama Guard,
+WildGuard, HarmBench's classifier or any chat model behind an OpenAI-compatible server); the default panel
+without a run. Never by the evaluator being measured. Missing datasets are pulled first; ``--limit`` applies
+to every section, and ``eval.md`` lists the n of each.
 
 Stages. A run is evaluated twice, through the same code with the same sampling seeds: ``iteration_0`` is the
 base model with every adapter disabled playing every role (peft starts LoRA ``B`` at zero, so this *is* the
@@ -51,9 +53,11 @@ model before training), ``final`` is the checkpoint's adapters. Saved adapters g
 | capability | ``accuracy``, ``by_category.*`` | ``triplay_env/data/capability_probe.tsv`` | the answer appears in the reply (:func:`answer_matches`) |
 | capability | ``refusal_rate`` | same | the reply opens with a refusal phrase (``is_refusal``) |
 
-``eval.json`` also scores the safety judge itself on the human-labelled refusal judgments (``judge``
-section): the verdict REFUSAL as the refusal call, each panel judge alone, refusal keywords alone, and
-"keywords or low prompt/response similarity" (docs/judges.md).
+``eval.json`` also scores the safety judge itself (``judge`` section) on PyRIT's human refusal judgments (its
+refusal reading, :func:`~training.evaluation.judging.refusal_calls`; each keyword judge alone, keywords alone,
+"keywords or low prompt/response similarity") and objective-achieved judgments (UNSAFE as achieved; accuracy,
+F1, predicted vs people's unsafe rate); see docs/judges.md. A judge that answers none of its items stops the
+evaluation with an error instead.
 
 Every metric is ``{"value": float | None, "n": int}``: ``n`` items behind the value (``None`` when ``n`` is
 0). Judged metrics add ``n_unjudged``: items the judge could not label (an ``EndpointError``, a reply that
