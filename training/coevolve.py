@@ -30,6 +30,8 @@ import torch
 from agents.base import Agent, SamplingSettings
 from training.config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, config_diff
 from training.evaluation import judged_metrics
+from training.evaluation.metrics import hit_at_k_metrics
+from training.stats import finite_or_none
 from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
 from training.rollout import Move, run_lockstep
 from training.trainer import GRPOTrainer, Sample
@@ -43,6 +45,7 @@ PHASE_ROLE = {"red": "attacker", "blue": "defender", "eval": "evaluator"}
 SHARED_ROLES = {"red": (), "blue": ("attacker",), "eval": ("attacker", "defender")}
 CHECKPOINT = "checkpoint"
 JUDGE_CACHE = "judge_cache.jsonl"
+TRANSCRIPTS = "transcripts.jsonl"
 
 
 def advantages_by_group(moves: Sequence[Move], group_size: int, cfg, baseline: RoleBaseline | None = None) -> tuple[list[float], float]:
@@ -74,6 +77,11 @@ def advantages_by_group(moves: Sequence[Move], group_size: int, cfg, baseline: R
             zero_count += len(members) < 2 or bool(zero_variance_groups(rewards[members], len(members)).all())
         zero = zero_count / len(groups)
     return advantages.tolist(), zero
+
+
+def _jsonable(record: dict) -> dict:
+    """The record with every nan/inf float as None: metrics files are strict JSON (null, never a bare NaN)."""
+    return {k: finite_or_none(v) if isinstance(v, float) else v for k, v in record.items()}
 
 
 def _sampler_state(policy):
@@ -268,7 +276,7 @@ class CoEvolution:
             writer.close()
         from training.report import write_report
 
-        write_report(self.run_dir, self.metrics, judges=f"the panel {self.panel.label}")
+        write_report(self.run_dir, self.metrics, judges=f"the panel {self.panel.label}")  # reads transcripts.jsonl too
         return self.metrics
 
     def train_phase(self, phase: str, iteration: int, step: int) -> dict:
@@ -301,6 +309,8 @@ class CoEvolution:
         if self.engine is not None:
             self.engine.push_from(self.roles, roles=[role])  # the next rollout samples the updated adapter
         t2 = time.perf_counter()
+        if moves:
+            self._write_transcripts(iteration, phase, step, moves)
         p = f"{phase}/"
         rewards = [m.reward for m in moves]
         record = {"iteration": iteration, "phase": phase, "step": step,
@@ -310,6 +320,7 @@ class CoEvolution:
                   **self._judging_metrics(p, rollout.judged),
                   p + "pool_size": float(len(self.pool)),
                   **{p + "rollout_" + k: v for k, v in judged_metrics(rollout.judged).items() if not k.startswith("n_")},
+                  **({p + "rollout_" + k: v for k, v in hit_at_k_metrics(rollout.judged, G).items()} if phase == "red" else {}),
                   **{p + k: v for k, v in update.items()},
                   "time/" + phase + "_rollout_s": t1 - t0, "time/" + phase + "_update_s": t2 - t1}
         for agent, total in rollout.returns.items():
@@ -375,16 +386,37 @@ class CoEvolution:
 
     # ------------------------------------------------------------------ logging
 
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far, over all roles (TensorBoard's x-axis)."""
+        return sum(r.get("phase") in PHASE_ROLE for r in self.metrics)
+
     def _record(self, record: dict, writer) -> None:
         record["judges"] = self.judge_spec.config_hash  # which panel judged it (config.json holds the spec)
+        record["global_step"] = self.global_step + (record.get("phase") in PHASE_ROLE)
         self.metrics.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
         if writer is not None:
-            step = len(self.metrics)
+            step = record["global_step"]
             for k, v in record.items():
                 if isinstance(v, float) and "/" in k:
                     writer.add_scalar(k, v, step)
+
+    def _write_transcripts(self, iteration: int, phase: str, step: int, moves: Sequence[Move]) -> None:
+        """Append the highest- and the lowest-reward game of this step to ``transcripts.jsonl`` (the report
+        shows them per iteration)."""
+        best, worst = max(moves, key=lambda m: m.reward), min(moves, key=lambda m: m.reward)
+        picks = [("highest", best)] + ([("lowest", worst)] if worst.reward < best.reward else [])
+        with open(self.run_dir / TRANSCRIPTS, "a") as f:
+            for which, m in picks:
+                judged = m.judged or {}
+                row = {"iteration": iteration, "phase": phase, "step": step, "which": which, "agent": m.agent,
+                       "reward": m.reward, "seed": m.info.get("scenario", {}).get("text"),
+                       "harmful": m.info.get("scenario", {}).get("harmful"), "attack": judged.get("attack", m.info.get("attack")),
+                       "responses": list(judged.get("responses", m.info.get("responses") or ())), "text": m.text,
+                       "verdicts": list(judged.get("verdicts", ())), "panel_verdicts": list(judged.get("panel_verdicts", ()))}
+                f.write(json.dumps(row, default=str) + "\n")
 
     def _tensorboard(self):
         if not self.cfg.loop.tensorboard:
@@ -394,7 +426,7 @@ class CoEvolution:
         except ImportError:
             self.log("tensorboard is not installed: skipping TensorBoard logs (pip install 'triplay[train]')")
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=len(self.metrics) + 1)
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step + 1)
 
     def _progress(self, desc: str, total: int):
         if not self.cfg.loop.progress:
@@ -425,7 +457,7 @@ class CoEvolution:
             self.roles.save_adapters(tmp / "adapters")
             torch.save(state, tmp / "state.pt")
             (tmp / "pool.json").write_text(json.dumps(self.pool.state_dict()))
-            (tmp / "metrics.json").write_text(json.dumps(self.metrics))
+            (tmp / "metrics.json").write_text(json.dumps([_jsonable(r) for r in self.metrics], allow_nan=False))
             (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         self.checkpointed_iteration = iteration
         return final
@@ -469,7 +501,11 @@ class CoEvolution:
         # metrics logged after the checkpoint belong to work that is being redone: rewrite the log
         with open(self.run_dir / "metrics.jsonl", "w") as f:
             for record in self.metrics:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+        transcripts = self.run_dir / TRANSCRIPTS
+        if transcripts.exists():  # games after the checkpoint are being replayed: keep each once
+            kept = [line for line in transcripts.read_text().splitlines() if json.loads(line)["iteration"] <= state["iteration"]]
+            transcripts.write_text("".join(line + "\n" for line in kept))
         self.start_iteration = state["iteration"] + 1
         self.checkpointed_iteration = state["iteration"]
         self.log(f"resumed {self.run_dir} after iteration {state['iteration']}")

@@ -44,11 +44,128 @@ def fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _with_interval(row: dict, key: str) -> str:
+    """``0.562 [0.332, 0.769]`` when the row holds the key's 95% interval, else the bare value."""
+    low, high = row.get(key + "_low"), row.get(key + "_high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return fmt(row.get(key))
+    return f"{fmt(row.get(key))} [{low:.3f}, {high:.3f}]"
+
+
 def iteration_table(metrics: Sequence[dict], keys: Sequence[str] = TABLE_KEYS) -> str:
+    """One row per iteration; held-out proportions as value [95% Wilson interval]."""
     rows = _per_iteration(metrics)
     lines = ["| iteration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for it, row in rows.items():
-        lines.append(f"| {it} | " + " | ".join(fmt(row.get(k)) for k in keys) + " |")
+        lines.append(f"| {it} | " + " | ".join(_with_interval(row, k) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+HELDOUT_DIRECTION = {
+    "heldout/attack_success_rate": None,  # good for the attacker, bad for the defender: read as higher/lower
+    "heldout/unsafe_rate": False, "heldout/refusal_rate": None, "heldout/guidance_rate": True,
+    "heldout/over_refusal_rate": False, "heldout/evaluator_agreement": True, "heldout/evaluator_valid_rate": True,
+}
+"""held-out proportion -> whether higher is better (None: neither; the reading says higher/lower)"""
+
+
+STEP_PANELS = [
+    ("reward_{role}", "mean reward", "reward (game units)"),
+    ("loss", "GRPO loss", "loss"),
+    ("kl", "KL to the reference (k3; 0 when grpo.beta = 0)", "nats / token"),
+    ("entropy", "entropy (sampled-token surprisal)", "nats / token"),
+    ("clip_frac", "clipped tokens (low + high)", "share of tokens"),
+    ("grad_norm", "gradient norm (before clipping)", "L2 norm"),
+    ("completion_tokens_mean", "response length", "tokens"),
+]
+"""per-optimizer-step panels: (metric under ``<phase>/``, title, y-axis label)"""
+
+
+def _step_series(metrics: Sequence[dict], phase: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in metrics:
+        if r.get("phase") != phase:
+            continue
+        if key == "clip_frac":
+            parts = [r.get(f"{phase}/clip_frac_low"), r.get(f"{phase}/clip_frac_high")]
+            v = None if None in parts else sum(parts)
+        else:
+            v = r.get(f"{phase}/{key}")
+        if isinstance(v, (int, float)) and not math.isnan(v):
+            xs.append(int(r.get("global_step", len(xs) + 1)))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _step_figure(metrics: Sequence[dict], path: Path) -> bool:
+    """One panel per training statistic, x = global optimizer step, a line per role; False when nothing trained."""
+    import matplotlib.pyplot as plt
+
+    from training.coevolve import PHASE_ROLE
+
+    if not any(r.get("phase") in PHASE_ROLE for r in metrics):
+        return False
+    fig, axes = plt.subplots(len(STEP_PANELS), 1, figsize=(7, 2.2 * len(STEP_PANELS)), sharex=True)
+    for ax, (key, title, unit) in zip(axes, STEP_PANELS):
+        for phase, role in PHASE_ROLE.items():
+            xs, ys = _step_series(metrics, phase, key.format(role=role))
+            if xs:
+                ax.plot(xs, ys, marker=".", label=f"{role} ({phase})")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.grid(alpha=0.3)
+        if key in ("clip_frac", "entropy", "grad_norm", "completion_tokens_mean", "kl"):
+            ax.set_ylim(bottom=0)  # non-negative quantities start at 0: no zoom that makes noise look like a trend
+    axes[0].legend(fontsize=7)
+    axes[-1].set_xlabel("global optimizer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def transcripts_section(run_dir: Path, per_iteration: int = 2, width: int = 300) -> list[str]:
+    """The highest- and lowest-reward games of each iteration's training steps (``transcripts.jsonl``)."""
+    path = run_dir / "transcripts.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    cut = lambda t: (t or "").replace("\n", " ")[:width] + ("..." if t and len(t) > width else "")  # noqa: E731
+    out = ["## Games played (highest and lowest reward of each phase)", ""]
+    for it in sorted({r["iteration"] for r in rows}):
+        out.append(f"### Iteration {it}")
+        for r in [r for r in rows if r["iteration"] == it and r["step"] == 0][: 3 * per_iteration]:
+            kind = "harmful" if r["harmful"] else "benign"
+            out += [f"- **{r['phase']}, {r['which']} reward {r['reward']:+.3f}** ({r['agent']}, {kind} seed; verdicts "
+                    f"{r['verdicts']}, panel {r['panel_verdicts']})",
+                    f"  - seed: {cut(r['seed'])}", f"  - attack: {cut(r['attack'])}",
+                    *(f"  - response {d}: {cut(t)}" for d, t in enumerate(r["responses"]))]
+            if r["phase"] == "eval":
+                out.append(f"  - evaluator wrote: {cut(r['text'])}")
+        out.append("")
+    return out
+
+
+def change_table(metrics: Sequence[dict]) -> str:
+    """Each held-out proportion at the first and the last evaluation, their difference with Newcombe's 95%
+    interval (independent samples: each evaluation samples its games afresh) and a plain reading."""
+    from training.stats import proportion_difference
+
+    held = [r for r in metrics if r.get("phase") == "heldout"]
+    if len(held) < 2:
+        return ""
+    first, last = held[0], held[-1]
+    lines = [f"| held-out metric | iteration {first['iteration']} | iteration {last['iteration']} | difference [95% CI] | reading |",
+             "|---|---|---|---|---|"]
+    for key, better in HELDOUT_DIRECTION.items():
+        n_key = key.replace("heldout/", "heldout/n_")
+        v0, v1, n0, n1 = first.get(key), last.get(key), first.get(n_key), last.get(n_key)
+        if None in (v0, v1, n0, n1) or math.isnan(v0) or math.isnan(v1) or not n0 or not n1:
+            continue
+        n0, n1 = int(n0), int(n1)
+        d = proportion_difference(round(v1 * n1), n1, round(v0 * n0), n0, higher_is_better=better)
+        lines.append(f"| `{key}` | {v0:.3f} (n={n0}) | {v1:.3f} (n={n1}) | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+                     f"| {d['reading']} |")
     return "\n".join(lines)
 
 
@@ -70,7 +187,13 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "th
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key in keys:
             xs = [it for it in iterations if key in rows[it] and not math.isnan(rows[it][key])]
-            ax.plot(xs, [rows[it][key] for it in xs], marker="o", label=key)
+            line, = ax.plot(xs, [rows[it][key] for it in xs], marker="o", label=key)
+            banded = [it for it in xs if not math.isnan(rows[it].get(key + "_low", math.nan))]
+            if banded:  # the 95% interval as a band: a move inside it is noise
+                ax.fill_between(banded, [rows[it][key + "_low"] for it in banded], [rows[it][key + "_high"] for it in banded],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+        if all(k.startswith("heldout/") and "rate" in k or "agreement" in k for k in keys):
+            ax.set_ylim(-0.02, 1.02)  # proportions on their whole scale: no zoom that makes noise look like a trend
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -80,7 +203,10 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "th
         fig.savefig(plots / f"{stem}.png", dpi=100)
         plt.close(fig)
         sections.append(f"### {title}\n\n![{stem}](plots/{stem}.png)\n")
-    counts = {k: v for k, v in (metrics[-1].items() if metrics else []) if k.startswith("heldout/n_")}
+    if _step_figure(metrics, plots / "optimizer_steps.png"):
+        sections.insert(0, "### Training, per optimizer step\n\n![optimizer_steps](plots/optimizer_steps.png)\n")
+    held = [r for r in metrics if r.get("phase") == "heldout"]
+    counts = {k: v for k, v in (held[-1].items() if held else []) if k.startswith("heldout/n_")}
     text = [
         f"# TriPlay run report: {run_dir.name}",
         "",
@@ -89,9 +215,16 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "th
         "",
         iteration_table(metrics),
         "",
+        "Held-out proportions carry their 95% Wilson interval; the shaded bands in the plots are the same "
+        "intervals. From the first evaluation to the last (Newcombe's interval for a difference of proportions; "
+        "\"within noise\" when it holds 0):",
+        "",
+        change_table(metrics) or "(one evaluation only: nothing to compare)",
+        "",
         "Items behind the last held-out numbers: " + ", ".join(f"{k[10:]}={int(v)}" for k, v in counts.items()),
         "",
         *sections,
+        *transcripts_section(run_dir),
     ]
     report = run_dir / "report.md"
     report.write_text("\n".join(text))

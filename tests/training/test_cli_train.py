@@ -14,6 +14,7 @@ of times slower). On a quiet machine each costs ~10 s of imports plus a few seco
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import signal
@@ -146,6 +147,9 @@ def test_a_killed_and_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(
         assert have.keys() == want.keys(), f"{where}: keys differ: {sorted(have.keys() ^ want.keys())}"
         differ = {k: (want[k], have[k]) for k in want if not same_value(want[k], have[k])}
         assert not differ, f"{where}: resumed run differs from the uninterrupted one (expected, got): {differ}"
+    # the games shown in the report: each step's once, the same games as without the kill
+    want = (finished(uninterrupted).run_dir / "transcripts.jsonl").read_text()
+    assert (resumed.run_dir / "transcripts.jsonl").read_text() == want
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -199,11 +203,28 @@ def test_report_and_plots_are_written(uninterrupted):
     for iteration in range(ITERATIONS + 1):
         assert f"\n| {iteration} | " in report, f"no table row for iteration {iteration}"
     pngs = sorted((run.run_dir / "plots").glob("*.png"))
-    assert {p.stem for p in pngs} == set(PLOTS)
+    assert {p.stem for p in pngs} == set(PLOTS) | {"optimizer_steps"}
     for png in pngs:
         assert f"](plots/{png.name})" in report, f"report.md does not show {png.name}"
         width, height = png_size(png)
         assert width >= 100 and height >= 100
+    # held-out rates with their interval, the first-to-last change read against its interval, the games played
+    assert re.search(r"\| 0 \| - \| - \| - \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", report), "no interval in the table"
+    assert f"| iteration 0 | iteration {ITERATIONS} | difference [95% CI] | reading |" in report
+    rows = [json.loads(line) for line in (run.run_dir / "transcripts.jsonl").read_text().splitlines()]
+    assert {(r["iteration"], r["phase"]) for r in rows} == {(i, p) for i in range(1, ITERATIONS + 1) for p in ("red", "blue", "eval")}
+    assert all(r["which"] in ("highest", "lowest") and r["seed"] and r["attack"] is not None for r in rows)
+    for i in range(1, ITERATIONS + 1):
+        assert f"### Iteration {i}" in report
+
+
+def test_records_carry_the_global_optimizer_step(uninterrupted):
+    records = finished(uninterrupted).metrics()
+    steps = [r["global_step"] for r in records]
+    assert steps == sorted(steps) and steps[0] == 0  # iteration 0's evaluation comes before any step
+    trained = [r["global_step"] for r in records if r["phase"] != "heldout"]
+    assert trained == list(range(1, len(trained) + 1))
+    assert all("NaN" not in line for line in (finished(uninterrupted).run_dir / "metrics.jsonl").read_text().splitlines())
 
 
 # ---------------------------------------------------------------------------------------------------------
