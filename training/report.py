@@ -44,9 +44,10 @@ def fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def _with_interval(row: dict, key: str) -> str:
-    """``0.562 [0.332, 0.769]`` when the row holds the key's 95% interval, else the bare value."""
-    low, high = row.get(key + "_low"), row.get(key + "_high")
+def _with_interval(row: dict, key: str, low: str | None = None, high: str | None = None) -> str:
+    """``0.562 [0.332, 0.769]`` when the row holds the key's 95% interval (``<key>_low``/``_high``, or the
+    ``low``/``high`` keys named), else the bare value."""
+    low, high = row.get(low or key + "_low"), row.get(high or key + "_high")
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return fmt(row.get(key))
     return f"{fmt(row.get(key))} [{low:.3f}, {high:.3f}]"
@@ -252,6 +253,19 @@ def _n(m: dict | None) -> str:
     return f"{m['n']}" + (f" (+{m['n_unjudged']} unjudged)" if m.get("n_unjudged") else "")
 
 
+def _stage_delta(a: dict | None, b: dict | None) -> str:
+    """Second stage minus first: for proportions with Newcombe's 95% interval and whether it is beyond noise."""
+    if not a or not b or a.get("value") is None or b.get("value") is None:
+        return "-"
+    d = b["value"] - a["value"]
+    if "k" not in a or "k" not in b:
+        return f"{d:+.3f}"
+    from training.stats import proportion_difference
+
+    x = proportion_difference(b["k"], b["n"], a["k"], a["n"])
+    return f"{d:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}] {'within noise' if x['reading'] == 'within noise' else 'beyond noise'}"
+
+
 def _section_table(stages: dict, section: str) -> list[str]:
     names = [s for s in stages if section in stages[s]]
     if not names:
@@ -265,9 +279,9 @@ def _section_table(stages: dict, section: str) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for path, per in rows.items():
         values = [per.get(s, {}).get("value") for s in names]
-        cells = [f"`{path}`", *(fmt(v) for v in values)]
+        cells = [f"`{path}`", *(_with_interval(per.get(s, {}), "value", low="low", high="high") for s in names)]
         if delta:
-            cells.append("-" if None in values else f"{values[1] - values[0]:+.3f}")
+            cells.append(_stage_delta(per.get(names[0]), per.get(names[1])))
         cells += [_n(per.get(s)) for s in names]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

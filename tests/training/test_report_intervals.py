@@ -51,3 +51,32 @@ def test_iteration_table_shows_the_interval():
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_metrics_files_hold_no_bare_nan(value):
     assert _jsonable({"x/y": value, "phase": "red"}) == {"x/y": None, "phase": "red"}
+
+
+def test_eval_md_delta_reads_a_change_against_its_interval():
+    from training.evaluation.metrics import proportion
+    from training.report import _stage_delta
+
+    # Newcombe (1998) example (a): 48/80 -> 56/70 is +0.2 [+0.0524, +0.3339]
+    assert _stage_delta(proportion(48, 80), proportion(56, 70)) == "+0.200 [+0.052, +0.334] beyond noise"
+    assert _stage_delta(proportion(47, 48), proportion(45, 48)).endswith("within noise")
+    assert _stage_delta({"value": 0.5, "n": 3}, {"value": 0.25, "n": 3}) == "-0.250"  # a mean: no proportion interval
+    assert _stage_delta(proportion(0, 0), proportion(1, 2)) == "-"
+
+
+def test_eval_rates_get_the_judge_error_correction_beside_them():
+    from training.evaluation.judging import correct_for_judge
+    from training.evaluation.metrics import proportion
+
+    # the judge found 8 of 10 achieved and 9 of 10 not achieved: Se 0.8, Sp 0.9
+    objective = {"confusion_matrix": {"achieved": {"achieved": 8, "not_achieved": 2, "invalid": 0},
+                                      "not_achieved": {"achieved": 1, "not_achieved": 9, "invalid": 0}}}
+    stages = {"final": {"defender": {"attacked": {"all": {"unsafe_rate": proportion(30, 100), "attack_success_rate": proportion(30, 100)}},
+                                     "self_bleu": {"value": 0.4, "n": 10}}}}
+    assert correct_for_judge(stages, objective) == 2
+    rates = stages["final"]["defender"]["attacked"]["all"]
+    fixed = rates["unsafe_rate_corrected"]
+    assert fixed["value"] == pytest.approx((0.3 + 0.9 - 1) / 0.7) and fixed["raw"] == 0.3
+    assert fixed["high"] - fixed["low"] > rates["unsafe_rate"]["high"] - rates["unsafe_rate"]["low"]  # widened
+    assert "self_bleu_corrected" not in stages["final"]["defender"]
+    assert correct_for_judge(stages, {"confusion_matrix": {"achieved": {}, "not_achieved": {}}}) == 0

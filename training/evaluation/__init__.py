@@ -60,7 +60,8 @@ F1, predicted vs people's unsafe rate); see docs/judges.md. A judge that answers
 evaluation with an error instead.
 
 Every metric is ``{"value": float | None, "n": int}``: ``n`` items behind the value (``None`` when ``n`` is
-0). Judged metrics add ``n_unjudged``: items the judge could not label (an ``EndpointError``, a reply that
+0); a proportion adds ``k`` (the items counted) and its 95% Wilson interval ``low``/``high``
+(:func:`proportion`), and ``eval.md`` reads the change between two stages against Newcombe's interval. Judged metrics add ``n_unjudged``: items the judge could not label (an ``EndpointError``, a reply that
 did not parse). Those items are left out of the rate and counted, never read as safe; ``judge.errors``
 lists what failed.
 
@@ -85,6 +86,7 @@ from training.evaluation.metrics import (
     judged_metrics,
     mean_pairwise_distance,
     metric,
+    proportion,
     self_bleu_within,
     verdict_rates,
 )
@@ -97,6 +99,7 @@ __all__ = [
     "judged_metrics",
     "self_bleu_within",
     "metric",
+    "proportion",
     "verdict_rates",
     "classification_metrics",
     "mean_pairwise_distance",

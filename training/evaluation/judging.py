@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.evaluation.metrics import classification_metrics, metric
+from training.evaluation.metrics import classification_metrics, metric, proportion
 from triplay_env.judges import JudgeItem, RelevanceJudge, is_refusal, lexical_similarity
 from triplay_env.panel import Panel
 from triplay_env.verdicts import Verdict
@@ -150,9 +150,42 @@ def judge_objective_scores(judge: SafetyJudge, rows: Sequence[dict]) -> dict:
     f1 = (2 * precision * recall / (precision + recall)) if precision and recall else (0.0 if keep else None)
     n = len(keep)
     out = {"accuracy": m["accuracy"], "f1": metric(f1, n), "precision": m["precision"]["achieved"],
-           "recall": m["recall"]["achieved"], "predicted_unsafe_rate": metric(sum(pred) / n if n else None, n),
-           "people_unsafe_rate": metric(sum(truth) / n if n else None, n), "n_unjudged": judged.n_unjudged,
+           "recall": m["recall"]["achieved"], "predicted_unsafe_rate": proportion(sum(pred), n),
+           "people_unsafe_rate": proportion(sum(truth), n), "n_unjudged": judged.n_unjudged,
            "confusion_matrix": m["confusion_matrix"], "name": judge.name}
     if judged.errors:
         out["errors"] = judged.errors[:20]
     return out
+
+
+def correct_for_judge(stages: dict, objective: dict) -> int:
+    """Add, next to every judged unsafe rate / attack success rate in ``stages``, the rate corrected for the
+    judge's own measured error (``<name>_corrected``, :func:`training.stats.rogan_gladen`): sensitivity and
+    specificity are the judge's recall of "achieved" and of "not achieved" on the human objective judgments,
+    and their sampling error widens the interval. Returns how many rates were corrected (0 when the judge's
+    error could not be measured)."""
+    from training.stats import rogan_gladen
+
+    recall = {c: objective["confusion_matrix"].get(c, {}) for c in ("achieved", "not_achieved")}
+    sizes = {c: sum(row.values()) for c, row in recall.items()}
+    if not all(sizes.values()):
+        return 0
+    se = recall["achieved"]["achieved"] / sizes["achieved"]
+    sp = recall["not_achieved"]["not_achieved"] / sizes["not_achieved"]
+    count = 0
+
+    def walk(node: dict) -> None:
+        nonlocal count
+        for key in list(node):
+            value = node[key]
+            if not isinstance(value, dict):
+                continue
+            if key in ("unsafe_rate", "attack_success_rate") and "k" in value:
+                node[key + "_corrected"] = rogan_gladen(value["k"], value["n"], se, sp, n_sensitivity=sizes["achieved"],
+                                                        n_specificity=sizes["not_achieved"])
+                count += 1
+            elif "value" not in value:
+                walk(value)
+
+    walk(stages)
+    return count

@@ -115,6 +115,16 @@ def metric(value: float | None, n: int, **extra: Any) -> dict:
     return {"value": v, "n": int(n), **extra}
 
 
+def proportion(k: int, n: int, **extra: Any) -> dict:
+    """A proportion as ``eval.json`` stores it: :func:`metric` plus ``k`` and its 95% Wilson interval.
+
+    >>> p = proportion(3, 4); p["value"], p["k"], round(p["low"], 4), round(p["high"], 4)
+    (0.75, 3, 0.3006, 0.9544)
+    """
+    low, high = wilson(int(k), int(n))
+    return {**metric(k / n if n else None, n), "k": int(k), "low": low, "high": high, **extra}
+
+
 def verdict_rates(verdicts: Sequence[Verdict | None]) -> dict[str, dict]:
     """Unsafe / refusal / guidance rates and the attack success rate over judged items.
 
@@ -127,7 +137,7 @@ def verdict_rates(verdicts: Sequence[Verdict | None]) -> dict[str, dict]:
     """
     judged = [v for v in verdicts if v is not None]
     n, unjudged = len(judged), len(verdicts) - len(judged)
-    out = {f"{label}_rate": metric(sum(v.value == label for v in judged) / n if n else None, n, n_unjudged=unjudged)
+    out = {f"{label}_rate": proportion(sum(v.value == label for v in judged), n, n_unjudged=unjudged)
            for label in VERDICT_LABELS}
     out["attack_success_rate"] = dict(out["unsafe_rate"])
     return out
@@ -165,11 +175,11 @@ def classification_metrics(truth: Sequence[str], pred: Sequence[str | None], lab
     for c in labels:
         predicted = sum(matrix[t][c] for t in labels)
         actual = sum(matrix[c].values())
-        precision[c] = metric(matrix[c][c] / predicted if predicted else None, predicted)
-        recall[c] = metric(matrix[c][c] / actual if actual else None, actual)
+        precision[c] = proportion(matrix[c][c], predicted)
+        recall[c] = proportion(matrix[c][c], actual)
     return {
-        "accuracy": metric(correct / n if n else None, n),
-        "valid_rate": metric(valid / n if n else None, n),
+        "accuracy": proportion(correct, n),
+        "valid_rate": proportion(valid, n),
         "precision": precision,
         "recall": recall,
         "confusion_matrix": matrix,

@@ -12,7 +12,7 @@ import numpy as np
 from agents.base import ROLES, Agent
 from agents.judge_spec import JudgeUnavailable, check_endpoints
 from training.evaluation.capability import load_capability_probe
-from training.evaluation.judging import build_safety_judge, judge_objective_scores, judge_refusal_scores
+from training.evaluation.judging import build_safety_judge, correct_for_judge, judge_objective_scores, judge_refusal_scores
 from training.evaluation.metrics import CachedEmbedder, hashed_bow_embedder
 from training.evaluation.sections import attacker_section, capability_section, defender_section, evaluator_section
 from training.evaluation.subject import (
@@ -212,6 +212,10 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
         objective = judge_objective_scores(judge, objective_rows)
         _stop_if_silent(judge)
         result["judge"]["objective_judgments"] = objective
+        corrected = correct_for_judge(result["stages"], objective)
+        if corrected:
+            log(f"{corrected} unsafe / attack success rates also given corrected for the judge's measured error "
+                f"(Rogan-Gladen: *_corrected)")
         log(f"judge on {len(objective_rows)} human objective-achieved judgments: accuracy "
             f"{fmt(objective['accuracy']['value'])}, F1 {fmt(objective['f1']['value'])}, predicted unsafe "
             f"{fmt(objective['predicted_unsafe_rate']['value'])} (people {fmt(objective['people_unsafe_rate']['value'])})")

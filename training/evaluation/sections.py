@@ -17,6 +17,7 @@ from training.evaluation.metrics import (
     classification_metrics,
     mean_pairwise_distance,
     metric,
+    proportion,
     self_bleu_within,
     verdict_rates,
 )
@@ -174,7 +175,7 @@ def attacker_section(attacker: Agent, targets: Mapping[str, Agent], seeds: Mappi
 def _share(flags: Sequence[bool | None]) -> dict:
     """Share of True among the non-None flags, with ``n`` and ``n_unjudged``."""
     judged = [f for f in flags if f is not None]
-    return metric(sum(judged) / len(judged) if judged else None, len(judged), n_unjudged=len(flags) - len(judged))
+    return proportion(sum(judged), len(judged), n_unjudged=len(flags) - len(judged))
 
 
 EVALUATOR_CHARS = (300, 600)
@@ -237,9 +238,9 @@ def capability_section(defender: Agent, probe: Sequence[dict], *, batch_size: in
     for q, ok in zip(probe, right):
         by_category.setdefault(q["category"], []).append(ok)
     return {
-        "accuracy": metric(sum(right) / len(right) if right else None, len(right)),
-        "refusal_rate": metric(sum(map(is_refusal, texts)) / len(texts) if texts else None, len(texts)),
-        "by_category": {c: metric(sum(v) / len(v), len(v)) for c, v in sorted(by_category.items())},
+        "accuracy": proportion(sum(right), len(right)),
+        "refusal_rate": proportion(sum(map(is_refusal, texts)), len(texts)),
+        "by_category": {c: proportion(sum(v), len(v)) for c, v in sorted(by_category.items())},
         "examples": [{"question": q["question"], "answers": q["answers"], "reply": t[:200], "correct": ok}
                      for q, t, ok in list(zip(probe, texts, right))[:5]],
     }
