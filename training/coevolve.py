@@ -31,7 +31,7 @@ from agents.base import Agent, SamplingSettings
 from training.config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, config_diff
 from training.evaluation import judged_metrics
 from training.evaluation.metrics import hit_at_k_metrics
-from training.stats import finite_or_none
+from training.stats import bootstrap_mean, finite_or_none
 from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
 from training.rollout import Move, run_lockstep
 from training.trainer import GRPOTrainer, Sample
@@ -323,6 +323,14 @@ class CoEvolution:
                   **({p + "rollout_" + k: v for k, v in hit_at_k_metrics(rollout.judged, G).items()} if phase == "red" else {}),
                   **{p + k: v for k, v in update.items()},
                   "time/" + phase + "_rollout_s": t1 - t0, "time/" + phase + "_update_s": t2 - t1}
+        # the mean reward's 95% interval: a bootstrap over GRPO groups (the G samples of a group share their input,
+        # so they are resampled together), seeded by the step so a resumed run logs the same bounds
+        spread = bootstrap_mean(rewards, clusters=[(m.env // G, m.game, m.round) for m in moves],
+                                seed=iteration * 1000 + step, resamples=1000)
+        nan = float("nan")
+        record[p + f"reward_{role}_low"] = nan if spread["low"] is None else spread["low"]
+        record[p + f"reward_{role}_high"] = nan if spread["high"] is None else spread["high"]
+        record[p + f"n_reward_{role}"] = float(len(rewards))
         for agent, total in rollout.returns.items():
             record[p + f"return_{agent}"] = total / len(self.train_envs)
         self.log(f"[iter {iteration}] {phase:>4} step {step}: {role} reward {record[p + f'reward_{role}']:+.3f}  "

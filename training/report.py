@@ -58,7 +58,9 @@ def iteration_table(metrics: Sequence[dict], keys: Sequence[str] = TABLE_KEYS) -
     rows = _per_iteration(metrics)
     lines = ["| iteration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for it, row in rows.items():
-        lines.append(f"| {it} | " + " | ".join(_with_interval(row, k) for k in keys) + " |")
+        # held-out keys have one record per iteration; a training column averages steps, whose bounds do not average
+        lines.append(f"| {it} | " + " | ".join(_with_interval(row, k) if k.startswith("heldout/") else fmt(row.get(k))
+                                              for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -71,7 +73,7 @@ HELDOUT_DIRECTION = {
 
 
 STEP_PANELS = [
-    ("reward_{role}", "mean reward", "reward (game units)"),
+    ("reward_{role}", "mean reward (band: 95% bootstrap interval over GRPO groups)", "reward (game units)"),
     ("loss", "GRPO loss", "loss"),
     ("kl", "KL to the reference (k3; 0 when grpo.beta = 0)", "nats / token"),
     ("entropy", "entropy (sampled-token surprisal)", "nats / token"),
@@ -109,9 +111,13 @@ def _step_figure(metrics: Sequence[dict], path: Path) -> bool:
     fig, axes = plt.subplots(len(STEP_PANELS), 1, figsize=(7, 2.2 * len(STEP_PANELS)), sharex=True)
     for ax, (key, title, unit) in zip(axes, STEP_PANELS):
         for phase, role in PHASE_ROLE.items():
-            xs, ys = _step_series(metrics, phase, key.format(role=role))
+            name = key.format(role=role)
+            xs, ys = _step_series(metrics, phase, name)
             if xs:
-                ax.plot(xs, ys, marker=".", label=f"{role} ({phase})")
+                line, = ax.plot(xs, ys, marker=".", label=f"{role} ({phase})")
+                lows, highs = _step_series(metrics, phase, name + "_low"), _step_series(metrics, phase, name + "_high")
+                if lows[0] and lows[0] == highs[0]:  # the mean reward's bootstrap interval as a band
+                    ax.fill_between(lows[0], lows[1], highs[1], color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
         ax.grid(alpha=0.3)

@@ -222,6 +222,10 @@ def test_records_carry_the_global_optimizer_step(uninterrupted):
     records = finished(uninterrupted).metrics()
     steps = [r["global_step"] for r in records]
     assert steps == sorted(steps) and steps[0] == 0  # iteration 0's evaluation comes before any step
+    for r in records:  # each step's mean reward lies inside its bootstrap interval
+        if r["phase"] != "heldout":
+            key = next(k for k in r if k.startswith(f"{r['phase']}/reward_") and not k.endswith(("_low", "_high")))
+            assert r[key + "_low"] <= r[key] <= r[key + "_high"] and r[key.replace("/reward_", "/n_reward_")] >= 1
     trained = [r["global_step"] for r in records if r["phase"] != "heldout"]
     assert trained == list(range(1, len(trained) + 1))
     assert all("NaN" not in line for line in (finished(uninterrupted).run_dir / "metrics.jsonl").read_text().splitlines())
