@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["wilson", "rate", "proportion_difference", "bootstrap_mean", "bootstrap_difference", "reading",
-           "hit_at_k", "rogan_gladen", "finite_or_none", "change_word"]
+           "hit_at_k", "rogan_gladen", "finite_or_none"]
 
 Z95 = 1.959963984540054
 
@@ -71,8 +71,6 @@ def reading(low: float | None, high: float | None, *, higher_is_better: bool | N
         return "higher" if up else "lower"
     return "improved" if up == higher_is_better else "worse"
 
-
-change_word = reading
 
 
 def proportion_difference(k1: int, n1: int, k0: int, n0: int, *, higher_is_better: bool | None = None) -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from training.stats import hit_at_k, wilson
+from training.stats import hit_at_k, rate, wilson
 from triplay_env.diversity import AttackSuccessPool
 from triplay_env.verdicts import Verdict
 
@@ -91,7 +91,7 @@ def hit_at_k_metrics(judged: Sequence[dict], group_size: int) -> dict[str, float
     for r in judged:
         if r["round"] == 0 and r["panel_verdicts"][0] is not None:
             tries.setdefault((r["env"] // group_size, r["game"]), []).append(r["panel_verdicts"][0] == goal[r["scenario"]["harmful"]])
-    h = hit_at_k(list(tries.values()), group_size) if tries else {"value": None, "n": 0, "low": None, "high": None}
+    h = hit_at_k(list(tries.values()), group_size)
     name = f"hit_at_{group_size}"
     nan = float("nan")
     return {name: nan if h["value"] is None else h["value"], "n_" + name: float(h["n"]),
@@ -121,8 +121,7 @@ def proportion(k: int, n: int, **extra: Any) -> dict:
     >>> p = proportion(3, 4); p["value"], p["k"], round(p["low"], 4), round(p["high"], 4)
     (0.75, 3, 0.3006, 0.9544)
     """
-    low, high = wilson(int(k), int(n))
-    return {**metric(k / n if n else None, n), "k": int(k), "low": low, "high": high, **extra}
+    return {**rate(int(k), int(n)), "k": int(k), **extra}
 
 
 def verdict_rates(verdicts: Sequence[Verdict | None]) -> dict[str, dict]:
