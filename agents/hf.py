@@ -102,6 +102,8 @@ class LoRARoles:
             self.model.add_adapter(role, self.lora_config)
         self.model.eval()
         self.model.set_adapter(roles[0])
+        self.slots: tuple[str, ...] = ()
+        """extra adapters that are not roles (:meth:`add_slot`): no optimizer, not saved with the roles"""
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
@@ -125,7 +127,7 @@ class LoRARoles:
     def _check_role(self, role: str | None, *, allow_none: bool = False) -> None:
         if role is None and allow_none:
             return
-        if role not in self.roles:
+        if role not in self.roles and role not in self.slots:
             extra = " or None for the reference (adapters disabled)" if allow_none else ""
             raise ValueError(f"unknown role {role!r}; expected one of {self.roles}{extra}")
 
@@ -214,6 +216,8 @@ class LoRARoles:
 
     def trainable_parameters(self, role: str) -> list[nn.Parameter]:
         """``role``'s LoRA weights (and nothing else): what its optimizer should hold."""
+        if role in self.slots:
+            raise ValueError(f"{role!r} is an opponent slot, not a role: it is loaded with set_weights, never trained")
         self._check_role(role)
         params = [p for name, p in self.model.named_parameters() if _is_lora_param_of(name, role)]
         if not params:
@@ -222,13 +226,55 @@ class LoRARoles:
             )
         return params
 
-    def save_adapters(self, path: str | os.PathLike) -> Path:
-        """Write every role's adapter in peft format: ``path/<role>/adapter_config.json`` +
-        ``adapter_model.safetensors`` (readable by ``PeftModel.from_pretrained``, ``load_adapter`` and vLLM's
-        ``LoRARequest``). Written to a temp folder beside ``path``, then renamed over it."""
+    # --- opponent slots (league play) -------------------------------------------------------------------------
+
+    def add_slot(self, name: str) -> None:
+        """Add an adapter ``name`` of the roles' LoRA shape that is not a role: it has no optimizer, is not in
+        :meth:`save_adapters` by default, and plays whatever :meth:`set_weights` loads into it (a past snapshot
+        of a role, for league opponents). Policies take it like a role: ``roles.policy(name)``."""
+        if not isinstance(name, str) or not name or name in self.roles or name in self.slots:
+            raise ValueError(f"slot name must be a new non-empty name (not a role or slot), got {name!r}")
+        self.model.add_adapter(name, self.lora_config)
+        self.slots += (name,)
+
+    def _lora_params(self, name: str) -> dict[str, nn.Parameter]:
+        """Adapter ``name``'s LoRA parameters keyed by their name with the adapter's part written ``*``."""
+        out = {}
+        for full, p in self.model.named_parameters():
+            if _is_lora_param_of(full, name):
+                parts = full.split(".")
+                out[".".join("*" if i > 0 and parts[i - 1].startswith("lora_") and part == name else part
+                             for i, part in enumerate(parts))] = p
+        return out
+
+    def weights(self, name: str) -> dict[str, Tensor]:
+        """A detached CPU copy of adapter ``name``'s LoRA weights (a role's or a slot's), keyed independently of
+        the adapter's name, so :meth:`set_weights` can load it into any adapter of the same shape."""
+        self._check_role(name)
+        return {k: p.detach().to("cpu", copy=True) for k, p in self._lora_params(name).items()}
+
+    @torch.no_grad()
+    def set_weights(self, name: str, weights: dict[str, Tensor]) -> None:
+        """Copy ``weights`` (from :meth:`weights`) into adapter ``name`` in place."""
+        self._check_role(name)
+        params = self._lora_params(name)
+        if set(params) != set(weights):
+            missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+            raise ValueError(f"weights for {name!r} do not fit its adapter: missing {missing[:3]}, unexpected {extra[:3]}")
+        for k, p in params.items():
+            p.copy_(weights[k].to(p.device, p.dtype))
+
+    def save_adapters(self, path: str | os.PathLike, *, roles: Sequence[str] | None = None) -> Path:
+        """Write every role's adapter (or those in ``roles``, slots allowed) in peft format:
+        ``path/<role>/adapter_config.json`` + ``adapter_model.safetensors`` (readable by
+        ``PeftModel.from_pretrained``, ``load_adapter`` and vLLM's ``LoRARequest``). Written to a temp folder
+        beside ``path``, then renamed over it."""
         path = Path(path)
+        roles = self.roles if roles is None else tuple(roles)
+        for role in roles:
+            self._check_role(role)
         with atomic_dir(path) as tmp:
-            for role in self.roles:
+            for role in roles:
                 self.model.save_pretrained(tmp, selected_adapters=[role])
                 if role == "default":  # peft writes the adapter called "default" at the root
                     _move_root_adapter(tmp, tmp / role)

@@ -227,8 +227,8 @@ class VLLMRoles:
         """Save ``lora_roles``' adapters (a :class:`~agents.hf.LoRARoles`) and :meth:`push_adapters` them:
         ``roles`` (default: all of ``lora_roles.roles``), e.g. only the role an update just changed."""
         with tempfile.TemporaryDirectory(prefix=".save.", dir=self.adapter_root) as tmp:
-            folder = lora_roles.save_adapters(Path(tmp) / "adapters")
-            return self.push_adapters(folder, roles=lora_roles.roles if roles is None else roles)
+            roles = lora_roles.roles if roles is None else tuple(roles)
+            return self.push_adapters(lora_roles.save_adapters(Path(tmp) / "adapters", roles=roles), roles=roles)
 
     def lora_request(self, role: str | None):
         """The ``LoRARequest`` serving ``role`` now (None for ``role=None``, the base)."""

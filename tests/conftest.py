@@ -1,5 +1,5 @@
-"""Fixtures shared across test folders: local chat servers (``agents.serve.ChatServer``), a closed port, and
-``no_model_loads`` (a test fails if any model loads: errors must come before that)."""
+"""Fixtures shared across test folders: local chat servers (``agents.serve.ChatServer``), a closed port,
+``no_model_loads`` (a test fails if any model loads: errors must come before that) and ``one_torch_thread``."""
 
 from __future__ import annotations
 
@@ -56,3 +56,16 @@ def no_model_loads(monkeypatch):
 
     monkeypatch.setattr(agents.models, "tiny_random", refuse)
     monkeypatch.setattr(agents.models, "load_model", refuse)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, restored after it: the tiny model's matmuls are too small to gain
+    from intra-op threads, and on a busy machine idle threads spinning on a shared core made them 3x slower.
+    Use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,12 +31,13 @@ from agents.base import Agent, SamplingSettings
 from training.config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, config_diff
 from training.evaluation import judged_metrics
 from training.evaluation.metrics import hit_at_k_metrics
-from training.stats import bootstrap_mean, finite_or_none
+from training.stats import bootstrap_mean, finite_or_none, rogan_gladen
 from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
+from training.league import League, slot_name, trained_role_lost
 from training.rollout import Move, run_lockstep
 from training.trainer import GRPOTrainer, Sample
 from triplay_env.agent_ids import ROLES, agent_id, is_role
-from triplay_env.files import Unavailable, atomic_dir
+from triplay_env.files import Unavailable, atomic_dir, atomic_write
 from triplay_env.panel import VerdictCache, VerdictGate
 
 __all__ = ["CoEvolution", "PHASE_ROLE", "SHARED_ROLES", "advantages_by_group"]
@@ -46,6 +47,7 @@ SHARED_ROLES = {"red": (), "blue": ("attacker",), "eval": ("attacker", "defender
 CHECKPOINT = "checkpoint"
 JUDGE_CACHE = "judge_cache.jsonl"
 TRANSCRIPTS = "transcripts.jsonl"
+JUDGE_ERROR = "judge_error.json"
 
 
 def advantages_by_group(moves: Sequence[Move], group_size: int, cfg, baseline: RoleBaseline | None = None) -> tuple[list[float], float]:
@@ -164,6 +166,9 @@ class CoEvolution:
             model, tokenizer, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha,
             target_modules=cfg.model.lora_target_modules, max_prompt_tokens=cfg.model.max_prompt_tokens,
         )
+        if cfg.loop.opponents == "league":
+            for role in ROLES:  # one extra adapter per role that its past snapshots are loaded into
+                self.roles.add_slot(slot_name(role))
         gen = cfg.generation
         self.engine = self._vllm_engine() if cfg.model.backend == "vllm" else None
         """who samples the rollouts: a ``VLLMRoles`` fed the adapters after every update, or None (``self.roles``)"""
@@ -171,6 +176,13 @@ class CoEvolution:
         self.policies = {role: self._policy(samplers, role, seed=cfg.loop.seed * 1000 + k)
                          for k, role in enumerate(("attacker", "defender", "evaluator"))}
         self.players: dict[str, Agent] = dict(self.policies)
+        self.league = None
+        """past snapshots the frozen roles play (``loop.opponents=league``), and their players"""
+        if cfg.loop.opponents == "league":
+            self.league = League(ROLES, size=cfg.loop.league_size, sampling=cfg.loop.league_sampling,
+                                 seed=cfg.loop.seed * 1000 + 99)
+            self.league_players = {role: self._policy(samplers, role, seed=cfg.loop.seed * 1000 + 20 + k, adapter=slot_name(role))
+                                   for k, role in enumerate(ROLES)}
         for i in range(1, cfg.game.num_defenders):
             if cfg.game.reference_defender == "base":
                 self.players[agent_id("defender", i)] = samplers.policy(None, SamplingSettings(
@@ -221,11 +233,14 @@ class CoEvolution:
         self.checkpointed_iteration: int | None = None
         """the iteration the checkpoint on disk ends with (None: none yet)"""
         self._judge_errors_logged: dict[str, bool] = {}
+        self.judge_error: dict | None = None
+        """the panel's sensitivity and specificity on the human objective judgments (``judges.measure_error``)"""
 
-    def _policy(self, samplers, role: str, *, seed: int):
-        """``role``'s sampling policy with the configured lengths, temperature and top-p."""
+    def _policy(self, samplers, role: str, *, seed: int, adapter: str | None = None):
+        """``role``'s sampling policy with the configured lengths, temperature and top-p (played by
+        ``adapter``, default the role's own)."""
         gen = self.cfg.generation
-        return samplers.policy(role, SamplingSettings(
+        return samplers.policy(adapter or role, SamplingSettings(
             max_new_tokens=self._max_new_tokens[role], temperature=gen.temperature, top_p=gen.top_p, seed=seed,
             response_prefix=gen.evaluator_prefix if role == "evaluator" else ""))
 
@@ -245,9 +260,9 @@ class CoEvolution:
         from agents.vllm_agent import VLLMRoles
 
         m = self.cfg.model
+        served = self.roles.roles + self.roles.slots  # league slots are served like roles
         engine = VLLMRoles(
-            model_folder(m.name), roles=self.roles.roles, max_lora_rank=m.lora_r,
-            max_loras=max(3, len(self.roles.roles)), dtype=m.dtype,
+            model_folder(m.name), roles=served, max_lora_rank=m.lora_r, max_loras=max(3, len(served)), dtype=m.dtype,
             max_model_len=m.max_prompt_tokens + max(self._max_new_tokens.values()),
             gpu_memory_utilization=m.vllm_memory_fraction, seed=self.cfg.loop.seed,
         )
@@ -263,14 +278,19 @@ class CoEvolution:
         if self.resume:
             self._load_checkpoint()
         writer = self._tensorboard()
+        measure = cfg.judges.measure_error
+        if measure == "always" or (measure == "offline" and not any(e.is_http for e in self.judge_spec.panel)):
+            self.judge_error = self._measure_judge_error()
         if self.start_iteration == 1:
             self._record(self.evaluate(iteration=0), writer)
+            self._snapshot(0)
         for iteration in range(self.start_iteration, cfg.loop.iterations + 1):
             self.iteration = iteration
             for phase in cfg.loop.phases:
                 for step in range(cfg.loop.steps_per_phase):
                     self._record(self.train_phase(phase, iteration, step), writer)
             self._record(self.evaluate(iteration), writer)
+            self._snapshot(iteration)
             self.save_checkpoint(iteration)
         if writer is not None:
             writer.close()
@@ -286,8 +306,9 @@ class CoEvolution:
         G = cfg.grpo.group_size
         scenario_seeds = self.rng.integers(0, 2**31 - 1, size=cfg.grpo.batch_size // G)
         seeds = [int(s) for s in scenario_seeds for _ in range(G)]
+        players, opponents = self._opponents(role)
         bar = self._progress(f"iter {iteration} {phase:>4} ({role})", 3 * cfg.game.max_rounds)
-        rollout = run_lockstep(self.train_envs, self.players, seeds, group_size=G, shared_roles=SHARED_ROLES[phase],
+        rollout = run_lockstep(self.train_envs, players, seeds, group_size=G, shared_roles=SHARED_ROLES[phase],
                                on_step=(lambda n: bar.update(1)) if bar else None)
         if bar:
             bar.close()
@@ -333,10 +354,62 @@ class CoEvolution:
         record[p + f"n_reward_{role}"] = float(len(rewards))
         for agent, total in rollout.returns.items():
             record[p + f"return_{agent}"] = total / len(self.train_envs)
+        if opponents:
+            items, lost = trained_role_lost(role, rollout.judged)
+            for other, snapshot in opponents.items():
+                self.league.credit(snapshot, items, lost)
+                record[p + f"opponent_{other}"] = float(snapshot.iteration)  # the iteration it was taken after
+                record[p + f"league_size_{other}"] = float(len(self.league.snapshots[other]))
+            record[p + "opponents_beat_rate"] = lost / items if items else float("nan")
         self.log(f"[iter {iteration}] {phase:>4} step {step}: {role} reward {record[p + f'reward_{role}']:+.3f}  "
                  f"loss {update.get('loss', float('nan')):+.4f}  ASR {record[p + 'rollout_attack_success_rate']:.2f}  "
                  f"({t1 - t0:.1f}s rollout, {t2 - t1:.1f}s update)")
         return record
+
+    def _opponents(self, role: str) -> tuple[dict[str, Agent], dict]:
+        """Who plays this step: the players, with each frozen role's league snapshot in its slot (league), and
+        ``{frozen role: the snapshot drawn}`` (empty with ``loop.opponents=latest``)."""
+        if self.league is None:
+            return self.players, {}
+        players, drawn = dict(self.players), {}
+        for other in ROLES:
+            if other == role:
+                continue
+            drawn[other] = self.league.draw(other)
+            self.roles.set_weights(slot_name(other), drawn[other].weights)
+            players[other] = self.league_players[other]
+        if self.engine is not None:
+            self.engine.push_from(self.roles, roles=[slot_name(r) for r in drawn])
+        return players, drawn
+
+    def _measure_judge_error(self) -> dict | None:
+        """Judge PyRIT's human objective-achieved judgments with the panel (cached, so a resumed run asks no judge
+        again) and write ``judge_error.json``; None, said once, when they are not pulled."""
+        from training.evaluation.judging import SafetyJudge, judge_error, judge_objective_scores
+        from triplay_env.datasets import load_objective_judgments
+
+        try:
+            rows = load_objective_judgments()
+        except FileNotFoundError:
+            self.log("held-out unsafe rates are not corrected for the judge's error: the human objective judgments "
+                     "are not pulled (triplay data pull objective-judgments)")
+            return None
+        objective = judge_objective_scores(SafetyJudge(self.panel), rows)
+        self.panel.take_stats()  # these items are not a training phase's
+        self.panel.cache.take_counts()
+        error = judge_error(objective)
+        if error is not None:
+            atomic_write(self.run_dir / JUDGE_ERROR, json.dumps(
+                {**error, "accuracy": objective["accuracy"], "rows": len(rows), "judges": self.panel.label}, indent=2))
+            self.log(f"judge error on {len(rows)} human objective judgments: sensitivity {error['sensitivity']:.3f}, "
+                     f"specificity {error['specificity']:.3f} (held-out unsafe rates also given corrected)")
+        return error
+
+    def _snapshot(self, iteration: int) -> None:
+        """League: keep every role's adapter as it is after ``iteration`` (0: before training)."""
+        if self.league is not None:
+            for role in ROLES:
+                self.league.add(role, iteration, self.roles.weights(role))
 
     @torch.no_grad()
     def evaluate(self, iteration: int) -> dict:
@@ -357,8 +430,19 @@ class CoEvolution:
         record = {"iteration": iteration, "phase": "heldout", "step": 0,
                   **{"heldout/" + k: v for k, v in judged_metrics(rollout.judged).items()},
                   **self._judging_metrics("heldout/", rollout.judged)}
+        nan = float("nan")
         for role in ROLES:  # held-out metrics are heldout/...; eval/... is the P_Eval training phase
-            record[f"heldout/reward_{role}"] = rollout.returns.get(agent_id(role, 0), 0.0) / len(self.eval_envs)
+            agent = agent_id(role, 0)
+            record[f"heldout/reward_{role}"] = rollout.returns.get(agent, 0.0) / len(self.eval_envs)
+            per_game = [sum(m.reward for m in rollout.moves if m.env == i and m.agent == agent) for i in range(len(self.eval_envs))]
+            spread = bootstrap_mean(per_game, seed=iteration, resamples=1000)  # games are independent: no clusters
+            record[f"heldout/reward_{role}_low"] = nan if spread["low"] is None else spread["low"]
+            record[f"heldout/reward_{role}_high"] = nan if spread["high"] is None else spread["high"]
+        n_unsafe = int(record["heldout/n_unsafe_rate"])
+        if self.judge_error is not None and n_unsafe:
+            corrected = rogan_gladen(round(record["heldout/unsafe_rate"] * n_unsafe), n_unsafe, **self.judge_error)
+            for suffix, key in (("", "value"), ("_low", "low"), ("_high", "high")):
+                record["heldout/unsafe_rate_corrected" + suffix] = nan if corrected[key] is None else corrected[key]
         record["time/eval_s"] = time.perf_counter() - t0
         self.log(f"[iter {iteration}] held-out: ASR {record['heldout/attack_success_rate']:.2f}  unsafe {record['heldout/unsafe_rate']:.2f}  "
                  f"refusal {record['heldout/refusal_rate']:.2f}  guidance {record['heldout/guidance_rate']:.2f}  "
@@ -453,12 +537,14 @@ class CoEvolution:
             "trainer": self.trainer.state_dict(),
             "baseline": None if self.baseline is None else self.baseline.state_dict(),
             "gate": None if self.gate is None else self.gate.state_dict(),
+            "league": None if self.league is None else self.league.state_dict(),
             "rng": {
                 "numpy_loop": self.rng.bit_generator.state,
                 "python": random.getstate(),
                 "numpy_global": np.random.get_state(),
                 "torch": torch.get_rng_state(),
                 "policies": {name: _sampler_state(p) for name, p in self.players.items() if _sampler_state(p) is not None},
+                "league_players": {} if self.league is None else {r: _sampler_state(p) for r, p in self.league_players.items()},
             },
         }
         with atomic_dir(final, fsync=True) as tmp:
@@ -502,6 +588,10 @@ class CoEvolution:
         torch.set_rng_state(rng["torch"])
         for name, gen_state in rng["policies"].items():
             _set_sampler_state(self.players[name], gen_state)
+        if self.league is not None:
+            self.league.load_state_dict(state["league"])
+            for role, gen_state in rng["league_players"].items():
+                _set_sampler_state(self.league_players[role], gen_state)
         if self.engine is not None:
             self.engine.push_from(self.roles)
         self.pool.load_state_dict(json.loads((ckpt / "pool.json").read_text()))

@@ -7,6 +7,7 @@ raises ``ConfigError`` naming the field and the broken rule. Presets:
 |---|---|---|
 | ``tiny`` | 2-layer random model (3M params) | tests and CI: seconds |
 | ``demo`` | SmolLM2-135M-Instruct (CPU, fp32) | the README's main job: a few minutes on a laptop |
+| ``study`` | SmolLM2-135M-Instruct (CPU, fp32) | the paper's three claims in direction: ~20 min a seed, 3 seeds with ``triplay compare --comparison study`` |
 | ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale (``pip install 'triplay[vllm]'``) |
 | ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale |
 
@@ -99,6 +100,11 @@ class JudgesConfig:
     agents.judge_spec for every key. Used by the rewards, the evaluator's labels, held-out and `triplay eval`"""
     cache: bool = True
     """keep every verdict in runs/<name>/judge_cache.jsonl, so a resumed run asks no judge twice"""
+    measure_error: str = "offline"
+    """before training, judge PyRIT's 395 human objective judgments (when pulled: ``triplay data pull
+    objective-judgments``; nothing is downloaded during training) and give every held-out unsafe rate also
+    corrected for the panel's measured error (Rogan-Gladen: ``heldout/unsafe_rate_corrected``): ``offline`` (when
+    no judge is an HTTP endpoint: seconds), ``always`` (also through HTTP judges: 395 requests) or ``never``"""
 
     def spec(self):
         """The validated :class:`~agents.judge_spec.JudgeSpec`."""
@@ -167,6 +173,14 @@ class LoopConfig:
     """optimizer steps per phase per iteration"""
     phases: tuple[str, ...] = ("red", "blue", "eval")
     """which phases run, in order (red trains the attacker, blue the defender, eval the evaluator)"""
+    opponents: str = "latest"
+    """who plays the roles a phase does not train: ``latest`` (the current adapters, the paper's choice) or
+    ``league`` (each step, one of the role's past snapshots, taken after every iteration; see training.league)"""
+    league_size: int = 4
+    """league: snapshots kept per role (the most recent; each is one LoRA adapter's weights, on the CPU)"""
+    league_sampling: str = "uniform"
+    """league: ``uniform`` over the kept snapshots, or ``prioritised``: in proportion to how often each beat the
+    trained role so far (Laplace-smoothed, so a new snapshot starts at 1/2)"""
     eval_scenarios: int = 16
     """held-out seeds per evaluation (half harmful, half benign when both exist)"""
     seed: int = 0
@@ -264,6 +278,8 @@ class TrainConfig:
             self.judges.spec()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        _rule(self.judges.measure_error in ("offline", "always", "never"), "judges.measure_error",
+              f"must be offline, always or never, got {self.judges.measure_error!r}")
         if gm.reference_defender != "base":
             from agents.scripted import scripted_for
 
@@ -276,6 +292,10 @@ class TrainConfig:
         _rule(lp.iterations >= 1, "loop.iterations", f"must be >= 1, got {lp.iterations}")
         _rule(lp.steps_per_phase >= 1, "loop.steps_per_phase", f"must be >= 1, got {lp.steps_per_phase}")
         _rule(lp.eval_scenarios >= 2, "loop.eval_scenarios", f"must be >= 2, got {lp.eval_scenarios}")
+        _rule(lp.opponents in ("latest", "league"), "loop.opponents", f"must be latest or league, got {lp.opponents!r}")
+        _rule(lp.league_size >= 1, "loop.league_size", f"must be >= 1, got {lp.league_size}")
+        _rule(lp.league_sampling in ("uniform", "prioritised"), "loop.league_sampling",
+              f"must be uniform or prioritised, got {lp.league_sampling!r}")
         bad = [p for p in lp.phases if p not in ("red", "blue", "eval")]
         _rule(not bad and lp.phases, "loop.phases", f"must be a non-empty subset of ('red', 'blue', 'eval'), got {lp.phases}")
         return self
@@ -358,6 +378,17 @@ def _demo() -> TrainConfig:
     return cfg
 
 
+def _study() -> TrainConfig:
+    cfg = _demo()
+    cfg.preset = "study"
+    # defender_1 is the untrained base, frozen: the held-out attack success against it (reference_attack_success_rate)
+    # is the paper's first claim; the attacker's reward weighs the defenders 0.6 / 0.4 (the env's default for two)
+    cfg.game = GameConfig(num_defenders=2, reference_defender="base")
+    # one more iteration than the demo and twice its held-out games (32: one game moves a rate by ~0.03-0.06)
+    cfg.loop = LoopConfig(iterations=4, steps_per_phase=2, eval_scenarios=32)
+    return cfg
+
+
 def _qwen(size: str) -> TrainConfig:
     cfg = TrainConfig(preset=f"qwen3-{size}")
     cfg.model = ModelConfig(name=f"Qwen/Qwen3-{size.upper()}", dtype="bfloat16", backend="vllm", lora_r=32, lora_alpha=64,
@@ -370,7 +401,7 @@ def _qwen(size: str) -> TrainConfig:
     return cfg
 
 
-PRESETS = {"tiny": _tiny, "demo": _demo, "qwen3-4b": lambda: _qwen("4b"), "qwen3-8b": lambda: _qwen("8b")}
+PRESETS = {"tiny": _tiny, "demo": _demo, "study": _study, "qwen3-4b": lambda: _qwen("4b"), "qwen3-8b": lambda: _qwen("8b")}
 
 
 def preset(name: str) -> TrainConfig:

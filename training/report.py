@@ -14,13 +14,17 @@ __all__ = ["write_report", "PLOTS", "iteration_table", "write_eval_report", "fmt
 
 PLOTS = {
     "rewards": ("Reward per role (training phases)", ["red/reward_attacker", "blue/reward_defender", "eval/reward_evaluator"]),
-    "attack_success": ("Attack success rate (held-out, panel-judged)", ["heldout/attack_success_rate"]),
+    "attack_success": ("Attack success rate (held-out, panel-judged)",
+                       ["heldout/attack_success_rate", "heldout/reference_attack_success_rate"]),
     "defender_rates": ("Defender on harmful held-out seeds", ["heldout/unsafe_rate", "heldout/refusal_rate", "heldout/guidance_rate"]),
     "over_refusal": ("Over-refusal on benign look-alikes", ["heldout/over_refusal_rate"]),
     "evaluator": ("Evaluator vs the panel", ["heldout/evaluator_agreement", "heldout/evaluator_valid_rate"]),
     "diversity": ("Attack diversity (held-out)", ["heldout/attack_self_bleu", "heldout/attack_semantic_similarity"]),
 }
 """plot file stem -> (title, metric keys); training-phase metrics are averaged per iteration"""
+
+CONDITIONAL_KEYS = {"heldout/reference_attack_success_rate"}
+"""plotted keys that only some runs log (against defender_1: ``game.num_defenders >= 2``)"""
 
 TABLE_KEYS = [
     "red/reward_attacker", "blue/reward_defender", "eval/reward_evaluator",
@@ -66,6 +70,7 @@ def iteration_table(metrics: Sequence[dict], keys: Sequence[str] = TABLE_KEYS) -
 
 HELDOUT_DIRECTION = {
     "heldout/attack_success_rate": None,  # good for the attacker, bad for the defender: read as higher/lower
+    "heldout/reference_attack_success_rate": True,  # against the fixed reference defender: the attacker's strength
     "heldout/unsafe_rate": False, "heldout/refusal_rate": None, "heldout/guidance_rate": True,
     "heldout/over_refusal_rate": False, "heldout/evaluator_agreement": True, "heldout/evaluator_valid_rate": True,
 }
@@ -153,17 +158,17 @@ def transcripts_section(run_dir: Path, per_iteration: int = 2, width: int = 300)
     return out
 
 
-def change_table(metrics: Sequence[dict]) -> str:
-    """Each held-out proportion at the first and the last evaluation, their difference with Newcombe's 95%
-    interval (independent samples: each evaluation samples its games afresh) and a plain reading."""
+def held_out_changes(metrics: Sequence[dict]) -> list[dict]:
+    """Each held-out proportion at the first and the last evaluation and their difference, with Newcombe's 95%
+    interval (independent samples: each evaluation samples its games afresh) and a plain reading:
+    ``[{"key", "first", "last", "v0", "n0", "v1", "n1", "diff", "low", "high", "reading"}, ...]``."""
     from training.stats import proportion_difference
 
     held = [r for r in metrics if r.get("phase") == "heldout"]
     if len(held) < 2:
-        return ""
+        return []
     first, last = held[0], held[-1]
-    lines = [f"| held-out metric | iteration {first['iteration']} | iteration {last['iteration']} | difference [95% CI] | reading |",
-             "|---|---|---|---|---|"]
+    out = []
     for key, better in HELDOUT_DIRECTION.items():
         n_key = key.replace("heldout/", "heldout/n_")
         v0, v1, n0, n1 = first.get(key), last.get(key), first.get(n_key), last.get(n_key)
@@ -171,9 +176,50 @@ def change_table(metrics: Sequence[dict]) -> str:
             continue
         n0, n1 = int(n0), int(n1)
         d = proportion_difference(round(v1 * n1), n1, round(v0 * n0), n0, higher_is_better=better)
-        lines.append(f"| `{key}` | {v0:.3f} (n={n0}) | {v1:.3f} (n={n1}) | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-                     f"| {d['reading']} |")
+        out.append({"key": key, "first": first["iteration"], "last": last["iteration"], "v0": v0, "n0": n0, "v1": v1,
+                    "n1": n1, **d})
+    return out
+
+
+def change_table(metrics: Sequence[dict]) -> str:
+    """:func:`held_out_changes` as a Markdown table ("" with fewer than two evaluations)."""
+    changes = held_out_changes(metrics)
+    if not changes:
+        return ""
+    lines = [f"| held-out metric | iteration {changes[0]['first']} | iteration {changes[0]['last']} | difference [95% CI] "
+             "| reading |", "|---|---|---|---|---|"]
+    lines += [f"| `{c['key']}` | {c['v0']:.3f} (n={c['n0']}) | {c['v1']:.3f} (n={c['n1']}) | {c['diff']:+.3f} "
+              f"[{c['low']:+.3f}, {c['high']:+.3f}] | {c['reading']} |" for c in changes]
     return "\n".join(lines)
+
+
+def beyond_noise(metrics: Sequence[dict]) -> str:
+    """One sentence naming the held-out metrics whose first-to-last change is beyond noise ("" when there is no
+    change to read)."""
+    changes = held_out_changes(metrics)
+    if not changes:
+        return ""
+    moved = [f"`{c['key']}` ({c['reading']})" for c in changes if c["reading"] != "within noise"]
+    return ("Beyond noise: " + ", ".join(moved) + "." if moved else
+            "No held-out metric moved beyond its 95% interval: every change above is within noise.")
+
+
+HELDOUT_RETURNS = ["heldout/reward_attacker", "heldout/reward_defender", "heldout/reward_evaluator"]
+
+
+def _heldout_extra(metrics: Sequence[dict]) -> list[str]:
+    """Each role's mean held-out return with its 95% bootstrap interval over games, and the unsafe rate
+    corrected for the judge's measured error when the run measured it."""
+    held = [r for r in metrics if r.get("phase") == "heldout"]
+    keys = [k for k in HELDOUT_RETURNS + ["heldout/unsafe_rate", "heldout/unsafe_rate_corrected"]
+            if any(k in r for r in held)]
+    if not keys:
+        return []
+    note = ("Held-out return per role (reward per game, 95% bootstrap interval over games)"
+            + ("; the unsafe rate raw and corrected for the judge's error measured on human objective judgments "
+               "(Rogan-Gladen, `judge_error.json`; its interval includes that error)" if "heldout/unsafe_rate_corrected" in keys else "")
+            + ":")
+    return [note, "", iteration_table(held, keys), ""]
 
 
 def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "the panel") -> Path:
@@ -194,6 +240,8 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "th
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key in keys:
             xs = [it for it in iterations if key in rows[it] and not math.isnan(rows[it][key])]
+            if not xs:
+                continue
             line, = ax.plot(xs, [rows[it][key] for it in xs], marker="o", label=key)
             banded = [it for it in xs if not math.isnan(rows[it].get(key + "_low", math.nan))]
             if banded:  # the 95% interval as a band: a move inside it is noise
@@ -222,11 +270,14 @@ def write_report(run_dir: str | Path, metrics: Sequence[dict], judges: str = "th
         "",
         iteration_table(metrics),
         "",
+        *_heldout_extra(metrics),
         "Held-out proportions carry their 95% Wilson interval; the shaded bands in the plots are the same "
         "intervals. From the first evaluation to the last (Newcombe's interval for a difference of proportions; "
         "\"within noise\" when it holds 0):",
         "",
         change_table(metrics) or "(one evaluation only: nothing to compare)",
+        "",
+        beyond_noise(metrics),
         "",
         "Items behind the last held-out numbers: " + ", ".join(f"{k[10:]}={int(v)}" for k, v in counts.items()),
         "",
@@ -323,7 +374,7 @@ def _confusion_table(title: str, matrix: dict) -> list[str]:
 
 CHART_PATHS = {
     "defender": ("plain.all.", "attacked.all.", "over_refusal_rate"),
-    "attacker": ("asr.", "self_bleu", "embedding_distance", "semantic_fidelity"),
+    "attacker": ("asr.", "hit_at_k.", "self_bleu", "embedding_distance", "semantic_fidelity"),
     "evaluator": ("vs_judge.accuracy", "vs_judge.valid_rate", "refusal_judgments.accuracy"),
     "capability": ("accuracy", "refusal_rate"),
 }
@@ -335,7 +386,7 @@ def _chart_rows(stages: dict, section: str) -> list[str]:
     for s in stages.values():
         for path, _ in _metrics_of(s.get(section, {})):
             keep = any(path.startswith(p) for p in CHART_PATHS[section])
-            if section == "attacker" and path.startswith("asr."):
+            if section == "attacker" and path.startswith(("asr.", "hit_at_k.")):
                 keep = path.endswith(".all")
             if path.endswith("attack_success_rate"):
                 keep = False  # on harmful seeds it equals unsafe_rate, which is shown

@@ -3,8 +3,8 @@ hit@k, and the attack success rate corrected for the judge's own error (Rogan-Gl
 
 Intervals are 95% by default. Proportions use Wilson's score interval (``scipy.stats.binomtest``); a difference
 of two independent proportions uses Newcombe's hybrid score interval (method 10 of Newcombe 1998), built from the
-two Wilson intervals; means and differences of means use a seeded percentile bootstrap (``scipy.stats.bootstrap``),
-resampling whole clusters (seeds) when clusters are given.
+two Wilson intervals; means and differences of means use a seeded percentile bootstrap that resamples whole
+clusters (seeds) when clusters are given (written here: ``scipy.stats.bootstrap`` resamples items, not clusters).
 
 >>> lo, hi = wilson(81, 263)              # Newcombe (1998), Table I: 0.2553 - 0.3662
 >>> round(lo, 4), round(hi, 4)
@@ -96,13 +96,18 @@ def _clusters(values: Sequence[float], clusters: Sequence | None) -> list[np.nda
     return [np.asarray(g) for g in groups.values()]
 
 
-def _boot(stat, samples: Sequence[Sequence[np.ndarray]], resamples: int, seed: int, confidence: float):
-    """Percentile bootstrap of ``stat`` over independently resampled lists of clusters."""
+def _boot(combine, samples: Sequence[Sequence[np.ndarray]], resamples: int, seed: int, confidence: float):
+    """Percentile bootstrap of ``combine(mean of each resampled sample)``: each sample (a list of clusters) is
+    resampled cluster by cluster, independently of the others. Vectorised: a resample's mean is the sum of its
+    clusters' sums over the sum of their sizes, so no resample is ever concatenated."""
     rng = np.random.default_rng(seed)
-    draws = np.empty(resamples)
-    for b in range(resamples):
-        picked = [[groups[i] for i in rng.integers(0, len(groups), len(groups))] for groups in samples]
-        draws[b] = stat(*[np.concatenate(p) for p in picked])
+    means = []
+    for groups in samples:
+        sums = np.array([g.sum() for g in groups])
+        sizes = np.array([len(g) for g in groups], dtype=np.float64)
+        idx = rng.integers(0, len(groups), (resamples, len(groups)))  # [resamples, clusters]
+        means.append(sums[idx].sum(axis=1) / sizes[idx].sum(axis=1))
+    draws = combine(*means)
     alpha = (1 - confidence) / 2
     return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
 
@@ -121,7 +126,7 @@ def bootstrap_mean(values: Sequence[float], *, clusters: Sequence | None = None,
     groups = _clusters(values, clusters if clusters is None else [c for c, v in zip(clusters, values)])
     if len(groups) < 2:
         return {"value": float(np.mean(values)), "n": len(values), "low": None, "high": None}
-    lo, hi = _boot(np.mean, [groups], resamples, seed, confidence)
+    lo, hi = _boot(lambda m: m, [groups], resamples, seed, confidence)
     return {"value": float(np.mean(values)), "n": len(values), "low": lo, "high": hi}
 
 
@@ -132,7 +137,7 @@ def bootstrap_difference(a: Sequence[float], b: Sequence[float], *, clusters_a: 
     if len(a) < 2 or len(b) < 2:
         d = float(np.mean(a) - np.mean(b)) if len(a) and len(b) else None
         return {"diff": d, "low": None, "high": None, "reading": "within noise"}
-    lo, hi = _boot(lambda x, y: np.mean(x) - np.mean(y), [_clusters(a, clusters_a), _clusters(b, clusters_b)],
+    lo, hi = _boot(lambda x, y: x - y, [_clusters(a, clusters_a), _clusters(b, clusters_b)],
                    resamples, seed, confidence)
     return {"diff": float(np.mean(a) - np.mean(b)), "low": lo, "high": hi,
             "reading": reading(lo, hi, higher_is_better=higher_is_better)}
@@ -161,10 +166,12 @@ def rogan_gladen(k: int, n: int, sensitivity: float, specificity: float, *, n_se
     """The rate of true positives corrected for the judge's error: ``(p + Sp - 1) / (Se + Sp - 1)``, clipped to
     [0, 1] (Rogan & Gladen 1978).
 
-    The interval carries the sampling error of ``p`` and, when ``n_sensitivity``/``n_specificity`` (the sizes of
-    the human-labelled sets the judge was measured on) are given, that of Se and Sp too, by the delta method
-    (Greiner & Gardner 2000); so it is wider than the raw rate's. Undefined (``None``) when ``Se + Sp <= 1``:
-    such a judge carries no information.
+    The interval carries the sampling error of ``p`` through its Wilson bounds, mapped by the same correction (it
+    is monotone in ``p``, so the bounds stay honest at 0/n and n/n, where a delta-method interval collapses), and,
+    when ``n_sensitivity``/``n_specificity`` (the sizes of the human-labelled sets the judge was measured on) are
+    given, the sampling error of Se and Sp by the delta method (Greiner & Gardner 2000), added in quadrature to
+    each side like Newcombe's hybrid interval; so it is wider than the raw rate's. Undefined (``None``) when
+    ``Se + Sp <= 1``: such a judge carries no information.
 
     >>> r = rogan_gladen(50, 100, sensitivity=0.9, specificity=0.8)  # (0.5 + 0.8 - 1) / 0.7
     >>> round(r["value"], 4)
@@ -174,13 +181,16 @@ def rogan_gladen(k: int, n: int, sensitivity: float, specificity: float, *, n_se
     if n == 0 or youden <= 0:
         return {"value": None, "n": int(n), "low": None, "high": None, "raw": k / n if n else None}
     p = k / n
-    true = (p + specificity - 1) / youden
-    var = p * (1 - p) / n / youden**2
+    correct = lambda x: (x + specificity - 1) / youden  # noqa: E731
+    true = correct(p)
+    p_low, p_high = wilson(k, n)
+    var = 0.0  # the judge's own sampling error, by the delta method
     if n_sensitivity:
         var += true**2 * sensitivity * (1 - sensitivity) / n_sensitivity / youden**2
     if n_specificity:
         var += (1 - true) ** 2 * specificity * (1 - specificity) / n_specificity / youden**2
-    half = Z95 * math.sqrt(var)
+    low = true - math.sqrt((true - correct(p_low)) ** 2 + Z95**2 * var)
+    high = true + math.sqrt((correct(p_high) - true) ** 2 + Z95**2 * var)
     clip = lambda x: min(1.0, max(0.0, x))  # noqa: E731
-    return {"value": clip(true), "n": int(n), "low": clip(true - half), "high": clip(true + half), "raw": p,
+    return {"value": clip(true), "n": int(n), "low": clip(low), "high": clip(high), "raw": p,
             "sensitivity": sensitivity, "specificity": specificity}

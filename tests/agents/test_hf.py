@@ -18,14 +18,7 @@ from agents.models import tiny_random
 EOS = 2  # <|im_end|> in SmolLM2's vocabulary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's matmuls are too small to gain from intra-op threads, and on a busy machine idle
-    threads spinning on a shared core made this file 3x slower; restored for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -48,8 +48,15 @@ def test_newcombe_difference_example_and_reading():
 def test_rogan_gladen_by_hand():
     r = rogan_gladen(30, 100, sensitivity=0.8, specificity=0.9)
     assert r["value"] == pytest.approx((0.3 + 0.9 - 1) / 0.7)  # 0.2857
-    # sampling error of p alone: sqrt(0.3*0.7/100)/0.7 = 0.06547; x 1.96 = 0.12832
-    assert r["high"] - r["value"] == pytest.approx(1.959963984540054 * math.sqrt(0.21 / 100) / 0.7, rel=1e-9)
+    # sampling error of p alone: p's Wilson bounds mapped by the correction, (bound + 0.9 - 1) / 0.7
+    z, n, p = 1.959963984540054, 100, 0.3
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (r["low"], r["high"]) == pytest.approx(((centre - half - 0.1) / 0.7, (centre + half - 0.1) / 0.7), rel=1e-9)
+    # at 0/n the corrected interval keeps Wilson's width (a delta-method interval would collapse to [0, 0])
+    zero = rogan_gladen(0, 2, sensitivity=0.8, specificity=0.9)
+    assert (zero["value"], zero["low"]) == (0.0, 0.0)
+    assert zero["high"] == pytest.approx((wilson(0, 2)[1] - 0.1) / 0.7)
     wider = rogan_gladen(30, 100, sensitivity=0.8, specificity=0.9, n_sensitivity=50, n_specificity=50)
     assert wider["high"] - wider["low"] > r["high"] - r["low"]
     assert rogan_gladen(5, 100, sensitivity=0.8, specificity=0.9)["value"] == 0.0  # below the false-positive floor: clipped

@@ -32,12 +32,7 @@ from triplay_env.agent_ids import role_of
 SMALL_RUN = ["loop.eval_scenarios=2", "loop.progress=false", "loop.tensorboard=false"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_coevolution(runs_dir: Path, *sets: str, resume: bool = False) -> CoEvolution:
@@ -272,7 +267,7 @@ def test_invalid_config_fails_in_validate_before_any_model_loads(sets, message, 
 
 
 def test_unknown_preset_and_field_are_named():
-    with pytest.raises(ConfigError, match=r"unknown preset 'tiny2'; choose one of \['demo', 'qwen3-4b', 'qwen3-8b', 'tiny'\]"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'tiny2'; choose one of \['demo', 'qwen3-4b', 'qwen3-8b', 'study', 'tiny'\]"):
         preset("tiny2")
     with pytest.raises(ConfigError, match=r"unknown config field 'grpo.learning_rate'; valid fields: \[.*'grpo.lr'"):
         apply_overrides(preset("tiny"), sets=["grpo.learning_rate=1e-4"])

@@ -158,20 +158,29 @@ def judge_objective_scores(judge: SafetyJudge, rows: Sequence[dict]) -> dict:
     return out
 
 
-def correct_for_judge(stages: dict, objective: dict) -> int:
-    """Add, next to every judged unsafe rate / attack success rate in ``stages``, the rate corrected for the
-    judge's own measured error (``<name>_corrected``, :func:`training.stats.rogan_gladen`): sensitivity and
-    specificity are the judge's recall of "achieved" and of "not achieved" on the human objective judgments,
-    and their sampling error widens the interval. Returns how many rates were corrected (0 when the judge's
-    error could not be measured)."""
-    from training.stats import rogan_gladen
-
+def judge_error(objective: dict) -> dict | None:
+    """The judge's measured error from :func:`judge_objective_scores`: ``{"sensitivity", "specificity",
+    "n_sensitivity", "n_specificity"}`` (its recall of "achieved" and of "not achieved" on the human objective
+    judgments, and how many of each there were), or None when either class is empty."""
     recall = {c: objective["confusion_matrix"].get(c, {}) for c in ("achieved", "not_achieved")}
     sizes = {c: sum(row.values()) for c, row in recall.items()}
     if not all(sizes.values()):
+        return None
+    return {"sensitivity": recall["achieved"].get("achieved", 0) / sizes["achieved"],
+            "specificity": recall["not_achieved"].get("not_achieved", 0) / sizes["not_achieved"],
+            "n_sensitivity": sizes["achieved"], "n_specificity": sizes["not_achieved"]}
+
+
+def correct_for_judge(stages: dict, objective: dict) -> int:
+    """Add, next to every judged unsafe rate / attack success rate in ``stages``, the rate corrected for the
+    judge's own measured error (``<name>_corrected``, :func:`training.stats.rogan_gladen` with
+    :func:`judge_error`); the sampling error of sensitivity and specificity widens the interval. Returns how many
+    rates were corrected (0 when the judge's error could not be measured)."""
+    from training.stats import rogan_gladen
+
+    error = judge_error(objective)
+    if error is None:
         return 0
-    se = recall["achieved"]["achieved"] / sizes["achieved"]
-    sp = recall["not_achieved"]["not_achieved"] / sizes["not_achieved"]
     count = 0
 
     def walk(node: dict) -> None:
@@ -181,8 +190,7 @@ def correct_for_judge(stages: dict, objective: dict) -> int:
             if not isinstance(value, dict):
                 continue
             if key in ("unsafe_rate", "attack_success_rate") and "k" in value:
-                node[key + "_corrected"] = rogan_gladen(value["k"], value["n"], se, sp, n_sensitivity=sizes["achieved"],
-                                                        n_specificity=sizes["not_achieved"])
+                node[key + "_corrected"] = rogan_gladen(value["k"], value["n"], **error)
                 count += 1
             elif "value" not in value:
                 walk(value)

@@ -179,7 +179,7 @@ def run_eval(opts: EvalOptions, *, log: Callable[[str], None] = print) -> dict:
                            for t in opts.targets}
                 stage_out["attacker"] = attacker_section(
                     policy("attacker", adapter_on), targets, seeds, judge, embed=embed, embed_name=embed_name,
-                    similarity=similarity, similarity_name=similarity_name, batch_size=opts.batch_size, log=log)
+                    similarity=similarity, similarity_name=similarity_name, batch_size=opts.batch_size, tries=opts.attack_tries, log=log)
                 _stop_if_silent(judge)
             if "evaluator" in opts.sections:
                 stage_out["evaluator"] = evaluator_section(policy("evaluator", adapter_on, 3), pairs, refusal_rows, judge,

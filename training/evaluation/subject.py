@@ -64,6 +64,9 @@ class EvalOptions:
     weak, weak:<strategy>), http (``target_url``)"""
     target_url: str | None = None
     target_model: str | None = None
+    attack_tries: int = 1
+    """attacks sampled per harmful seed (and target); above 1 the attacker section adds hit@k, the share of seeds
+    broken by at least one of the k tries, beside the pooled rate over every try"""
     judges: str | None = None
     """a judge spec file (YAML: a ``judges:`` section or the spec); default: the run's own panel, else the default"""
     judge_url: str | None = None
@@ -99,6 +102,8 @@ class EvalOptions:
         for name in ("limit", "refusal_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (0 = all), got {getattr(self, name)}")
+        if self.attack_tries < 1:
+            raise ValueError(f"--attack-tries must be >= 1, got {self.attack_tries}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.attacker not in ("template", "base", "self", "http"):
