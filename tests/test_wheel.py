@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SKIP = shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                               ".hypothesis", "bench", "tests")
 DATA_FILES = ("agents/data/smollm2_tokenizer/tokenizer.json.gz", "agents/data/smollm2_tokenizer/tokenizer_config.json",
-              "triplay_env/data/harmful.tsv", "triplay_env/data/benign.tsv", "triplay_env/data/capability_probe.tsv")
+              "triplay_env/data/harmful.tsv", "triplay_env/data/benign.tsv", "triplay_env/data/capability_probe.tsv",
+              "training/comparisons/grpo_variants.yaml")
 
 
 def _run(cmd, *, cwd, env=None, timeout=600):

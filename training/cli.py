@@ -1,4 +1,4 @@
-"""The ``triplay`` command: ``train``, ``eval``, ``play`` and ``data``."""
+"""The ``triplay`` command: ``train``, ``compare``, ``eval``, ``play``, ``data`` and ``judge``."""
 
 from __future__ import annotations
 
@@ -136,6 +136,50 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    from training.config import PRESETS
+
+    p = sub.add_parser(
+        "compare", help="train configurations over seeds (one train run per variant and seed) and compare their held-out metrics",
+        description="A comparison: a base (preset, --config, --set), named variants, a baseline variant and seeds. Every "
+                    "(variant, seed) cell is a `triplay train` subprocess writing <out>/<variant>/seed<k>; finished "
+                    "cells are skipped on a rerun, checkpointed ones resumed. The report (comparison.md, .json, plots/) "
+                    "pools the seeds with 95%% bootstrap intervals over seeds and reads each variant against the baseline.")
+    what = p.add_argument_group("what to compare (one of)")
+    what.add_argument("--comparison", metavar="FILE_OR_NAME", help="a comparison YAML file, or a shipped one by name (--list)")
+    what.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                      help="one variant per flag: its overrides, comma-separated (a comma starts a new override only "
+                           "before section.field=, so loop.phases=red,blue stays whole); config=FILE adds a config "
+                           "file; a bare NAME is the base as it is")
+    what.add_argument("--list", action="store_true", help="list the shipped comparisons and exit")
+    p.add_argument("--baseline", help="the variant every other is compared with (default: the first)")
+    p.add_argument("--seeds", help="N (seeds 0..N-1) or a comma-separated list such as 0,4,7 (default: the file's, else 3)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="base preset (default: the file's, else demo)")
+    p.add_argument("--config", help="YAML file of overrides for every variant")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field in every variant, after the file's common ones (repeatable)")
+    p.add_argument("--name", help="the comparison's name (default: the file's, else the variant names joined by -vs-)")
+    p.add_argument("--out", help="output folder (default runs/compare-<name>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once, each pinned to its own share of the cores with as many threads (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="validate every cell, print what would run, and exit")
+
+
+def _run_compare(args) -> int:
+    from pathlib import Path
+
+    from training import compare
+
+    if args.list:
+        print(compare.list_text())
+        return 0
+    comparison = compare.from_args(args)
+    out = Path(args.out or f"runs/compare-{comparison.name}")
+    command = compare.command_line(args, out)
+    args.interrupted = f"interrupted; finished cells are kept and checkpointed ones resume: run `{command}` again"
+    return compare.run(comparison, out, jobs=args.jobs, command=command, dry_run=args.dry_run)
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -183,6 +227,9 @@ def _add_eval(sub) -> None:
     play.add_argument("--targets", type=_csv, default=DEFAULT_TARGETS,
                       help=f"fixed defenders the attacker is scored against: base, http, weak:<strategy>, refuse, "
                            f"comply, guidance, weak (default {','.join(DEFAULT_TARGETS)})")
+    play.add_argument("--attack-tries", type=int, default=1,
+                      help="attacks sampled per harmful seed; above 1 the attacker section adds hit@k (the share of "
+                           "seeds at least one try broke) beside the rate over every try (default 1)")
     play.add_argument("--target-url", help="OpenAI-compatible API root for target http")
     play.add_argument("--target-model", help="model name for target http")
     judge = p.add_argument_group("safety judge (default: the run's own panel, else the default panel)")
@@ -242,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triplay", description="TriPlay: tri-role self-play safety alignment")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_compare(sub)
     _add_eval(sub)
     _add_play(sub)
     _add_data(sub)
@@ -249,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _run_train, "eval": _run_eval, "play": _run_play, "data": _run_data, "judge": _run_judge}
+COMMANDS = {"train": _run_train, "compare": _run_compare, "eval": _run_eval, "play": _run_play, "data": _run_data, "judge": _run_judge}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
