@@ -163,6 +163,9 @@ def _add_compare(sub) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="cells run at once, each pinned to its own share of the cores with as many threads (default 1)")
     p.add_argument("--dry-run", action="store_true", help="validate every cell, print what would run, and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no cell: write the report from the finished cells (the others marked missing), e.g. "
+                        "while a long comparison is still running elsewhere")
 
 
 def _run_compare(args) -> int:
@@ -177,7 +180,7 @@ def _run_compare(args) -> int:
     out = Path(args.out or f"runs/compare-{comparison.name}")
     command = compare.command_line(args, out)
     args.interrupted = f"interrupted; finished cells are kept and checkpointed ones resume: run `{command}` again"
-    return compare.run(comparison, out, jobs=args.jobs, command=command, dry_run=args.dry_run)
+    return compare.run(comparison, out, jobs=args.jobs, command=command, dry_run=args.dry_run, report_only=args.report_only)
 
 
 def _csv(text: str) -> tuple[str, ...]:

@@ -437,8 +437,10 @@ def run_cells(cells: list[Cell], *, jobs: int, log=print) -> list[Cell]:
     return failed
 
 
-def run(comparison: Comparison, out: Path, *, jobs: int = 1, command: str = "", dry_run: bool = False, log=print) -> int:
-    """Validate, run what is not finished, write the report; 1 when a cell failed, else 0."""
+def run(comparison: Comparison, out: Path, *, jobs: int = 1, command: str = "", dry_run: bool = False,
+        report_only: bool = False, log=print) -> int:
+    """Validate, run what is not finished, write the report; 1 when a cell failed, else 0. ``report_only`` runs
+    no cell: the report reads the finished ones and marks the others missing."""
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     cells = plan(comparison, out)
@@ -454,6 +456,10 @@ def run(comparison: Comparison, out: Path, *, jobs: int = 1, command: str = "", 
         for c in cells:
             log(f"{c.label:<24} {states[c.label]:<8} {shlex.join(['python', '-m', 'training.cli', *c.argv])}")
         return 0
+    if report_only:
+        if not (out / "comparison.yaml").is_file():
+            raise ValueError(f"--report-only: {out} holds no comparison yet; run the command without --report-only first")
+        todo = []
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.yaml").write_text(yaml.safe_dump(comparison.to_dict(), sort_keys=False))
     t0 = time.perf_counter()

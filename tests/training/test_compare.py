@@ -260,6 +260,22 @@ def test_a_repeated_command_reruns_no_finished_cell(tmp_path, capsys):
     assert (out / "comparison.md").is_file()
 
 
+def test_report_only_runs_no_cell_and_marks_the_unfinished_ones(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["compare", "--preset", "tiny", "--variant", "a:grpo.loss_type=grpo", "--variant", "b:grpo.loss_type=dapo",
+            "--seeds", "2", "--set", "loop.iterations=1", "--out", str(out), "--report-only"]
+    assert main(argv) == 2 and "holds no comparison yet" in capsys.readouterr().err
+    out.mkdir()
+    (out / "comparison.yaml").write_text(yaml.safe_dump(compare.from_args(build_parser().parse_args(argv)).to_dict()))
+    for v, s in [("a", 0), ("a", 1), ("b", 0)]:
+        write_cell(out, v, s, *SEEDS[v, s])
+    monkeypatch.setattr(compare, "_start", lambda *a, **k: pytest.fail("--report-only started a cell"))
+    assert main(argv) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert {c["cell"]: c["status"] for c in result["cells"]}["b/seed1"] != "finished"
+    assert result["metrics"]["heldout/attack_success_rate"]["variants"]["a"]["final"]["n"] == 10
+
+
 def test_another_comparison_in_the_same_folder_is_refused(tmp_path):
     tmp_path.joinpath("comparison.yaml").write_text(yaml.safe_dump(TWO.to_dict()))
     compare.check_out(TWO.replace(seeds=(0, 1, 2)), tmp_path)  # more seeds: fine
