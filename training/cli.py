@@ -1,4 +1,4 @@
-"""The ``triplay`` command: ``train``, ``compare``, ``eval``, ``play``, ``data`` and ``judge``."""
+"""The ``triplay`` command: ``train``, ``compare``, ``eval``, ``play``, ``data``, ``judge`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -288,6 +288,49 @@ def _run_judge(args) -> int:
     return run_judge(args)
 
 
+def _add_serve(sub) -> None:
+    from training.integrations.openenv import DEFAULT_PLAYERS, MAX_SESSIONS
+
+    p = sub.add_parser(
+        "serve", help="serve the game as an OpenEnv environment: the client plays --role, scripted agents the others",
+        description="An OpenEnv server (openenv-core 0.3.0, pip install -e '.[openenv]'): each WebSocket session "
+                    "(OpenEnv's clients, /ws) has its own env and seed; the client plays <role>_0, the scripted "
+                    "agents below play every other agent, and the reward is what the reward scheme pays <role>_0.")
+    p.add_argument("--role", required=True, choices=ROLES, help="the role the client plays")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    for role in ROLES:
+        p.add_argument(f"--{role}", default=DEFAULT_PLAYERS[role], choices=scripted_for(role),
+                       help=f"scripted agent for the {role} (for --role {role}: its other agents, {role}_1..); "
+                            f"default {DEFAULT_PLAYERS[role]}")
+    p.add_argument("--num-defenders", type=int, default=1)
+    p.add_argument("--max-rounds", type=int, default=1)
+    p.add_argument("--reward-scheme", default="triplay")
+    p.add_argument("--scenarios", default="builtin", help="dataset name or local .csv/.jsonl/.tsv file")
+    p.add_argument("--split", default="train", choices=("train", "heldout", "all"))
+    p.add_argument("--max-chars", type=int, help="longest text the client may send (default: the env's limit for the role)")
+    p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
+                   help=f"concurrent sessions accepted (default {MAX_SESSIONS})")
+
+
+def _run_serve(args) -> int:
+    from training.integrations import openenv
+
+    try:
+        openenv.require_openenv()
+    except ImportError as e:
+        raise SystemExit(f"triplay serve: {e}") from None
+    config = {"num_defenders": args.num_defenders, "max_rounds": args.max_rounds, "reward_scheme": args.reward_scheme,
+              "scenarios": args.scenarios, "split": args.split}
+    players = {r: getattr(args, r) for r in ROLES if r != args.role}
+    players.update({f"{args.role}_{i}": getattr(args, args.role) for i in range(1, args.num_defenders)
+                    if args.role != "attacker"})
+    app = openenv.make_app(args.role, players, config, max_chars=args.max_chars, max_sessions=args.max_sessions)
+    print(f"triplay serve: the client plays {args.role}_0 at http://{args.host}:{args.port} (OpenEnv WebSocket /ws)")
+    openenv.serve(app, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triplay", description="TriPlay: tri-role self-play safety alignment")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,10 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_play(sub)
     _add_data(sub)
     _add_judge(sub)
+    _add_serve(sub)
     return parser
 
 
-COMMANDS = {"train": _run_train, "compare": _run_compare, "eval": _run_eval, "play": _run_play, "data": _run_data, "judge": _run_judge}
+COMMANDS = {"train": _run_train, "compare": _run_compare, "eval": _run_eval, "play": _run_play, "data": _run_data, "judge": _run_judge,
+            "serve": _run_serve}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

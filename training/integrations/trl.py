@@ -53,6 +53,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from agents.base import Agent, Generation, TrainablePolicy, Turn, check_response_prefix, encode_chat_prompts
+from training.integrations import require, shared_env_kwargs
 from training.rollout import Rollout, run_lockstep
 from triplay_env.agent_ids import ROLES, agent_id, role_of
 from triplay_env.scenarios import Scenario
@@ -72,12 +73,7 @@ SINGLE_TURN = {"max_rounds": 1, "games_per_episode": 1}
 
 def require_trl():
     """``import trl``, or an ``ImportError`` that says how to install it."""
-    try:
-        import trl
-    except ImportError as e:
-        raise ImportError(f"TriPlay's TRL integration needs TRL, which is not installed: {INSTALL_HINT} "
-                          f"(or pip install trl==1.16.0)") from e
-    return trl
+    return require("trl", "TRL", INSTALL_HINT, "trl==1.16.0")
 
 
 def _env_config(env_kwargs: Mapping[str, Any] | None) -> dict:
@@ -237,13 +233,7 @@ class TriPlayRollout:
             raise ValueError(f"max_prompt_tokens must be an integer >= 1, got {max_prompt_tokens!r}")
         self.max_prompt_tokens = max_prompt_tokens
         self.response_prefix = check_response_prefix(response_prefix)
-        config = _env_config(env_kwargs)
-        if config.get("panel") is None:
-            config["panel"] = triplay_env.default_panel(config.get("embedder"))
-        if config.get("attack_success_pool") is None:
-            config["attack_success_pool"] = triplay_env.AttackSuccessPool(config.pop("pool_capacity", 10_000))
-        if config.get("verdict_source") == "gated" and config.get("gate") is None:
-            config["gate"] = triplay_env.VerdictGate()
+        config = shared_env_kwargs(_env_config(env_kwargs))
         self.env_kwargs = config
         self.envs = [triplay_env.parallel_env(**config)]
         self.panel = self.envs[0].panel
