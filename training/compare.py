@@ -466,8 +466,9 @@ def run(comparison: Comparison, out: Path, *, jobs: int = 1, command: str = "", 
     failed = run_cells(todo, jobs=jobs, log=log)
     result = write_report(comparison, out, cells, command=command, jobs=jobs, cells_wall_s=time.perf_counter() - t0)
     missing = [c["cell"] for c in result["cells"] if c["status"] != "finished"]
-    log(f"summary: {len(cells) - len(missing)} of {len(cells)} cells finished ({len(cells) - len(todo)} earlier, "
-        f"{len(todo) - len(failed)} now), {len(failed)} failed{': ' + ', '.join(c.label for c in failed) if failed else ''}; "
+    earlier = sum(state == "finished" for state in states.values())
+    log(f"summary: {len(cells) - len(missing)} of {len(cells)} cells finished ({earlier} earlier, "
+        f"{len(cells) - len(missing) - earlier} now), {len(failed)} failed{': ' + ', '.join(c.label for c in failed) if failed else ''}; "
         f"cells {result['cells_wall_s']:.1f} s, with the report {time.perf_counter() - t0:.1f} s")
     log(f"report: {out / 'comparison.md'}")
     return 1 if failed else 0
