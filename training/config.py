@@ -7,7 +7,7 @@ raises ``ConfigError`` naming the field and the broken rule. Presets:
 |---|---|---|
 | ``tiny`` | 2-layer random model (3M params) | tests and CI: seconds |
 | ``demo`` | SmolLM2-135M-Instruct (CPU, fp32) | the README's main job: a few minutes on a laptop |
-| ``study`` | SmolLM2-135M-Instruct (CPU, fp32) | the paper's three claims in direction: ~20 min a seed, 3 seeds with ``triplay compare --comparison study`` |
+| ``study`` | SmolLM2-135M-Instruct (CPU, fp32) | the paper's three claims in direction: 3 seeds with ``triplay compare --comparison study`` (67-78 min a seed measured on 2 shared cores) |
 | ``qwen3-4b`` | Qwen/Qwen3-4B on one GPU, vLLM rollouts | the paper's smallest scale (``pip install 'triplay[vllm]'``) |
 | ``qwen3-8b`` | Qwen/Qwen3-8B on one GPU, vLLM rollouts | the paper's middle scale |
 
