@@ -335,7 +335,6 @@ def _section_table(stages: dict, section: str) -> list[str]:
     header = ["metric", *names, *(["delta"] if delta else []), *[f"n ({s})" for s in names]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for path, per in rows.items():
-        values = [per.get(s, {}).get("value") for s in names]
         cells = [f"`{path}`", *(_with_interval(per.get(s, {}), "value", low="low", high="high") for s in names)]
         if delta:
             cells.append(_stage_delta(per.get(names[0]), per.get(names[1])))
