@@ -77,7 +77,10 @@ class TrainablePolicy(Agent):
 
     @abstractmethod
     def generate(self, turns: Sequence[Turn]) -> Generation:
-        """Sample one completion per turn and return texts, token ids and per-token log-probs."""
+        """Sample one completion per turn and return texts, token ids and per-token log-probs.
+
+        Policies that the training loop samples also take ``seeds=`` (one per turn: each row drawn from its own
+        generator, so a row's text does not depend on the rest of the batch)."""
 
     def act(self, turns: Sequence[Turn]) -> list[str]:
         return self.generate(turns).texts

@@ -311,7 +311,9 @@ class RolePolicy(TrainablePolicy):
     (``role=None``: the base model, adapters disabled).
 
     ``seed`` makes the sequence of calls reproducible (one ``torch.Generator`` per policy);
-    ``generate(turns, seed=s)`` reproduces one call regardless of what ran before.
+    ``generate(turns, seed=s)`` reproduces one call regardless of what ran before; ``generate(turns, seeds=[...])``
+    samples each row from its own generator, so a row's text does not depend on the other rows of the batch
+    (up to float rounding in the batched forward pass), which is what splitting a batch over processes needs.
 
     ``response_prefix`` is text every answer starts with, written for the model after the chat template's
     generation prompt (part of ``prompt_ids``, so training never scores it) and put in front of each returned
@@ -336,14 +338,18 @@ class RolePolicy(TrainablePolicy):
     response_prefix = property(lambda self: self.settings.response_prefix)
 
     @torch.no_grad()
-    def generate(self, turns: Sequence[Turn], *, seed: int | None = None) -> Generation:
-        """Sample one completion per turn (stopping at EOS or ``max_new_tokens``)."""
+    def generate(self, turns: Sequence[Turn], *, seed: int | None = None, seeds: Sequence[int] | None = None) -> Generation:
+        """Sample one completion per turn (stopping at EOS or ``max_new_tokens``); ``seeds``: one per turn."""
         roles, tokenizer = self.roles, self.roles.tokenizer
         if len(turns) == 0:
             return Generation(texts=[], prompt_ids=[], completion_ids=[], logprobs=[])
+        if seeds is not None and len(seeds) != len(turns):
+            raise ValueError(f"need one seed per turn: {len(seeds)} seeds for {len(turns)} turns")
         generator = self.generator
         if seed is not None:
             generator = torch.Generator(device=roles.device).manual_seed(seed)
+        if seeds is not None:
+            generator = [torch.Generator(device=roles.device).manual_seed(int(s)) for s in seeds]
         prompts = roles.encode_prompts(turns, max_new_tokens=self.max_new_tokens, prefix=self.response_prefix)
         device, batch = roles.device, len(prompts)
         prompt_len = max(len(p) for p in prompts)
@@ -423,8 +429,11 @@ def _token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tens
     return torch.cat(pieces)  # [B, T]
 
 
-def _sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> Tensor:
-    """One token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus. [B, V] -> [B]."""
+def _sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
+    """One token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus. [B, V] -> [B].
+
+    ``generator``: one for the batch, or one per row (each row then draws from its own).
+    """
     probs = torch.softmax(logits / temperature, dim=-1)  # [B, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)  # [B, V]
@@ -432,7 +441,9 @@ def _sample(logits: Tensor, temperature: float, top_p: float, generator: torch.G
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # [B, V]
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)  # [B, V]
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+    if isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+    return torch.cat([torch.multinomial(probs[b : b + 1], 1, generator=g)[:, 0] for b, g in enumerate(generator)])  # [B]
 
 
 def _is_lora_param_of(name: str, role: str) -> bool:

@@ -265,24 +265,30 @@ class VLLMRoles:
         return encode_chat_prompts(self.tokenizer, turns, limit, prefix=prefix, stacklevel=4, warned=self._warned)
 
     def generate_mixed(
-        self, batches: Sequence[tuple[VLLMRolePolicy, Sequence[Turn]]], *, seed: int | None = None
+        self, batches: Sequence[tuple[VLLMRolePolicy, Sequence[Turn]]], *, seed: int | None = None,
+        row_seeds: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Generation]:
         """Several roles' turns in one engine call: ``[(policy, turns), ...] -> [Generation, ...]``.
 
         Each request carries its own policy's adapter and sampling parameters, so e.g. the attacker's and the
-        defenders' turns of a rollout phase share one batch. ``seed`` reproduces the whole call.
+        defenders' turns of a rollout phase share one batch. ``seed`` reproduces the whole call; ``row_seeds``
+        (one list per batch, one seed per turn) seeds each request on its own, whatever else is in the call.
         """
         rng = None if seed is None else random.Random(seed)
         prompts, params, loras, spans = [], [], [], []
-        for policy, turns in batches:
+        for b, (policy, turns) in enumerate(batches):
+            own = None if row_seeds is None else row_seeds[b]
+            if own is not None and len(own) != len(turns):
+                raise ValueError(f"need one seed per turn: {len(own)} seeds for {len(turns)} turns")
             if policy.roles is not self:
                 raise ValueError("every policy in generate_mixed must come from this VLLMRoles")
             encoded = self.encode_prompts(turns, max_new_tokens=policy.max_new_tokens, prefix=policy.response_prefix)
             request = self.lora_request(policy.role)
             spans.append((len(prompts), len(prompts) + len(encoded)))
-            for prompt in encoded:
+            for k, prompt in enumerate(encoded):
                 prompts.append(prompt)
-                params.append(policy.sampling_params(rng if rng is not None else policy.rng))
+                params.append(policy.sampling_params(
+                    random.Random(int(own[k])) if own is not None else rng if rng is not None else policy.rng))
                 loras.append(request)
         outputs = self._run(prompts, params, loras)
         return [
@@ -396,11 +402,12 @@ class VLLMRolePolicy(TrainablePolicy):
             detokenize=False,
         )
 
-    def generate(self, turns: Sequence[Turn], *, seed: int | None = None) -> Generation:
-        """Sample one completion per turn (stopping at EOS or ``max_new_tokens``), all in one engine call."""
+    def generate(self, turns: Sequence[Turn], *, seed: int | None = None, seeds: Sequence[int] | None = None) -> Generation:
+        """Sample one completion per turn (stopping at EOS or ``max_new_tokens``), all in one engine call;
+        ``seeds``: one per turn, each request seeded on its own."""
         if len(turns) == 0:
             return Generation(texts=[], prompt_ids=[], completion_ids=[], logprobs=[])
-        return self.roles.generate_mixed([(self, turns)], seed=seed)[0]
+        return self.roles.generate_mixed([(self, turns)], seed=seed, row_seeds=None if seeds is None else [seeds])[0]
 
     def __repr__(self) -> str:
         return (

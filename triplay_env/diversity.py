@@ -68,6 +68,8 @@ from itertools import repeat
 
 import numpy as np
 
+from triplay_env.held import Held
+
 __all__ = [
     "tokenize",
     "AttackSuccessPool",
@@ -193,7 +195,7 @@ class _ExactVectorSum:
         )
 
 
-class AttackSuccessPool:
+class AttackSuccessPool(Held):
     """The Attack Success Pool: a bounded FIFO of past successful attacks, indexed for O(length) Self-BLEU.
 
     Description:
@@ -269,6 +271,8 @@ class AttackSuccessPool:
         self._has_emb: np.ndarray | None = None
         self._n_emb = 0
         self._emb_sum: _ExactVectorSum | None = None
+        # hold(): additions wait for release(), in order, optionally exchanged with other processes first
+        self._pending: list[tuple[str, np.ndarray | None]] = []
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -286,8 +290,23 @@ class AttackSuccessPool:
 
     # ------------------------------------------------------------------ insertion and eviction
 
+    def hold(self) -> None:
+        """Defer additions until :meth:`release`: attacks judged in the same batch are then scored against the
+        same pool, whatever their order in the batch (the lockstep runner holds it for every env step)."""
+        super().hold()
+
+    def _apply(self, pending: list) -> None:
+        for text, embedding in pending:
+            self.add(text, embedding)
+
     def add(self, text: str, embedding: np.ndarray | None = None) -> None:
-        """Append an attack (evicting the oldest when full), with its sentence embedding if there is one."""
+        """Append an attack (evicting the oldest when full), with its sentence embedding if there is one; while
+        held, queue it for :meth:`release`."""
+        if self._held:
+            if embedding is not None:
+                self._unit(embedding)  # a bad embedding fails now, not at release
+            self._pending.append((str(text), None if embedding is None else np.asarray(embedding, dtype=np.float64)))
+            return
         tokens = tokenize(text)
         unit = None if embedding is None else self._unit(embedding)  # validate before changing anything
         if len(self._texts) == self.capacity:
@@ -523,9 +542,12 @@ class AttackSuccessPool:
         pool = AttackSuccessPool(state["capacity"], state["orders"])
         for text, embedding in zip(texts, embeddings):
             pool.add(text, None if embedding is None else np.asarray(embedding, dtype=np.float64))
-        # Built aside and swapped in whole, so a bad state leaves this pool as it was.
+        # Built aside and swapped in whole, so a bad state leaves this pool as it was; the exchange stays.
+        exchange = self.exchange
         vars(self).clear()
         vars(self).update(vars(pool))
+        if exchange is not None:
+            self.exchange = exchange
 
     @classmethod
     def from_state_dict(cls, state: dict) -> AttackSuccessPool:

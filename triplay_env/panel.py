@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from triplay_env.held import Held
 from triplay_env.judges import Judge, JudgeItem, non_answer
 from triplay_env.verdicts import Verdict
 
@@ -377,7 +378,7 @@ class Panel:
         return Verdict.REFUSAL if refusal >= guidance else Verdict.GUIDANCE
 
 
-class VerdictGate:
+class VerdictGate(Held):
     """Whose verdict pays, while the evaluator is still learning (``verdict_source="gated"``).
 
     The evaluator's verdict pays only once its agreement with the panel, over the last ``window`` judged
@@ -398,8 +399,7 @@ class VerdictGate:
             raise ValueError(f"need window >= 1 and 1 <= min_items <= window, got window={window}, min_items={min_items}")
         self.threshold, self.window, self.min_items = float(threshold), int(window), int(min_items)
         self._outcomes: deque[bool] = deque(maxlen=self.window)
-        self._held = False
-        self._pending: list[bool] = []
+        self._pending: list[bool] = []  # outcomes recorded while held (triplay_env.held.Held)
         self.paying = "panel"
         """``"evaluator"`` or ``"panel"``: who pays the rounds judged now"""
 
@@ -416,12 +416,7 @@ class VerdictGate:
         self._outcomes.extend(bool(a) for a in agreed)
         self._decide()
 
-    def hold(self) -> None:
-        self._held = True
-
-    def release(self) -> None:
-        self._held = False
-        pending, self._pending = self._pending, []
+    def _apply(self, pending: list) -> None:
         self.record(pending)
 
     def _decide(self) -> None:
