@@ -8,8 +8,12 @@ On one CUDA device it runs:
    sampled vs teacher-forced log-probs (max abs diff), adapter isolation after a GRPO step (bitwise), and
    the seconds of one rollout generation and one GRPO step for a batch of 64 (32 with ``--quick``).
 
-Usage: ``python bench/gpu_smoke.py [--quick] [--device cpu --layers 2 --batch 4]`` (the CPU form only checks
-the script itself). Prints a Markdown table; without CUDA (and no ``--device cpu``) it prints one
+With ``--ddp`` it also runs the tiny preset on 2 ranks (torchrun, NCCL, one GPU each) beside 1 process and
+prints how far apart they are (``training.distributed.run_difference``), or says it is skipped with fewer than 2
+GPUs.
+
+Usage: ``python bench/gpu_smoke.py [--quick] [--ddp] [--device cpu --layers 2 --batch 4]`` (the CPU form only
+checks the script itself). Prints a Markdown table; without CUDA (and no ``--device cpu``) it prints one
 "skipped" row and exits 0.
 """
 
@@ -68,11 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check this script)")
     parser.add_argument("--layers", type=int, help="layers of the wide model (default 28, --quick 8)")
     parser.add_argument("--batch", type=int, help="rollout batch (default 64, --quick 32)")
+    parser.add_argument("--ddp", action="store_true", help="also 2 ranks vs 1 process on 2 GPUs (skipped with fewer)")
     args = parser.parse_args(argv)
     print("| check | value | unit | note |\n|---|---|---|---|")
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("| gpu smoke | skipped | | no CUDA device on this machine |")
+        if args.ddp:
+            _ddp(device)
         return
     from agents.hf import LoRARoles
     from training.coevolve import CoEvolution
@@ -113,6 +120,39 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| GRPO step (dapo), batch {batch} | {step_s:.2f} | s | loss {m.get('loss', float('nan')):.4f}, grad norm {m.get('grad_norm', float('nan')):.3f} |")
     if device.startswith("cuda"):
         print(f"| peak GPU memory | {torch.cuda.max_memory_allocated() / 2**30:.2f} | GiB | one base, three adapters |")
+    if args.ddp:
+        _ddp(device)
+
+
+def _ddp(device: str) -> None:
+    """The tiny preset on 2 ranks (NCCL, a GPU each) and on 1 process: how far apart, and how long each took."""
+    import os
+    import subprocess
+
+    from training.distributed import run_difference
+
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    if gpus < 2:
+        print(f"| ddp, 2 ranks vs 1 process | skipped | | needs 2 GPUs, this machine has {gpus} |")
+        return
+    repo = Path(__file__).resolve().parents[1]
+    sets = ["model.device=cuda", "grpo.role_baseline=true", "game.benign_fraction=0.5", "loop.iterations=2",
+            "loop.eval_scenarios=4", "loop.progress=false", "loop.tensorboard=false", "loop.run_name=run"]
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds = {}
+        for n in (1, 2):
+            command = [sys.executable, "-m", "training.cli", "train", "--preset", "tiny", "--set", f"loop.runs_dir={tmp}/{n}",
+                       *(x for kv in sets for x in ("--set", kv)), *(["--nproc", "2"] if n == 2 else [])]
+            t0 = time.perf_counter()
+            done = subprocess.run(command, cwd=repo, env=dict(os.environ), capture_output=True, text=True)
+            seconds[n] = time.perf_counter() - t0
+            if done.returncode != 0:
+                print(f"| ddp, {n} rank(s) | FAILED | | {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''} |")
+                return
+        diff = run_difference(f"{tmp}/1/run", f"{tmp}/2/run")
+    print(f"| ddp: losses, rewards, returns, 2 ranks vs 1 | {diff['paid_max_abs']:.2e} | max abs diff | {diff['paid_values']} values |")
+    print(f"| ddp: final LoRA weights, 2 ranks vs 1 | {diff['weights_max_abs']:.2e} | max abs diff | {diff['weight_tensors']} tensors |")
+    print(f"| ddp: wall time, 1 process / 2 ranks | {seconds[1]:.1f} / {seconds[2]:.1f} | s | tiny preset, 2 iterations |")
 
 
 if __name__ == "__main__":

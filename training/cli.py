@@ -107,18 +107,67 @@ def _add_train(sub) -> None:
                    help="override one field, e.g. --set grpo.lr=5e-5 --set loop.iterations=5 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<run-name>/ from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run on N data-parallel processes on this machine: starts `torchrun --standalone "
+                        "--nproc-per-node N -m training.cli train ...` (several nodes: call torchrun yourself)")
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """``triplay train --nproc N ...``: the same command under torchrun, N processes on this node."""
+    import os
+    import subprocess
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise ValueError("--nproc starts torchrun, but this process already runs under torchrun (WORLD_SIZE is set): "
+                         "drop --nproc")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "training.cli", "train", *argv]
+    print(f"triplay train: {shlex.join(command[1:])}", flush=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # cores shared out, not oversubscribed
+    return subprocess.call(command, env=env)
+
+
+def _drop_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _run_train(args) -> int:
+    import os
+
     from training.config import apply_overrides, preset
 
     cfg = apply_overrides(preset(args.preset), yaml_file=args.config, sets=args.sets).validate()
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.nproc is not None:
+        cfg.check_world(args.nproc)  # a batch the ranks cannot share fails here, before torchrun starts
+        rc = _torchrun(args.nproc, _drop_nproc(args.argv))
+        if rc != 0:
+            state = cfg.run_dir / "checkpoint" / "state.pt"
+            kept = "no checkpoint was written yet" if not state.is_file() else "its last checkpoint is intact"
+            again = ["triplay", "train", *_drop_nproc(args.argv), "--nproc", str(args.nproc)]
+            again += [] if "--resume" in again or not state.is_file() else ["--resume"]
+            print(f"triplay train: a rank failed (torchrun exit code {rc}); {kept}; continue with `{shlex.join(again)}`",
+                  file=sys.stderr)
+        return rc
     from training.coevolve import CoEvolution
 
-    print(f"triplay train: preset {cfg.preset}, model {cfg.model.name}, run dir {cfg.run_dir}")
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        print(f"triplay train: preset {cfg.preset}, model {cfg.model.name}, run dir {cfg.run_dir}"
+              + (f", {os.environ['WORLD_SIZE']} ranks" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""))
     resume = ["triplay", "train", "--preset", args.preset, *(["--config", args.config] if args.config else []),
               *(x for kv in args.sets for x in ("--set", kv)), "--resume"]
     args.interrupted = f"interrupted before training started; run `{shlex.join(resume[:-1])}` again"
@@ -132,7 +181,8 @@ def _run_train(args) -> int:
         raise
     finally:
         loop.close()
-    print(f"report: {cfg.run_dir / 'report.md'}")
+    if main_rank:
+        print(f"report: {cfg.run_dir / 'report.md'}")
     return 0
 
 
@@ -359,9 +409,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from training.distributed import RankFailure
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[argv.index(args.command) + 1 :] if args.command in argv else []
     try:
         return COMMANDS[args.command](args)
+    except RankFailure as e:
+        print(f"triplay {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"triplay {args.command}: {getattr(args, 'interrupted', 'interrupted')}", file=sys.stderr)
         return 130

@@ -9,6 +9,11 @@ Reads top-down, like a CleanRL script, but every piece it calls is an importable
 4. an atomic checkpoint (adapters, optimizers, pool, every RNG, metrics so far) after every iteration;
    ``resume=True`` continues exactly where the last checkpoint left off.
 
+Under ``torchrun`` (``training.distributed``) every rank plays a block of each batch's GRPO groups and of the
+held-out games, the rollouts are gathered so that every number is computed over the global batch on every rank,
+the trained role's gradients are summed with one all-reduce, and rank 0 alone writes. Each game's sampling is
+seeded by its global index, so N ranks play the games one process would.
+
 | phase | trains | the others | GRPO group |
 |---|---|---|---|
 | red | attacker | frozen defender, reference defenders, evaluator | G attacks per scenario |
@@ -34,7 +39,8 @@ from training.evaluation.metrics import hit_at_k_metrics
 from training.stats import bootstrap_mean, finite_or_none, rogan_gladen
 from training.grpo import RoleBaseline, group_advantages, zero_variance_groups
 from training.league import League, slot_name, trained_role_lost
-from training.rollout import Move, run_lockstep
+from training.distributed import Dist, block, from_env
+from training.rollout import Move, gather_rollout, run_lockstep
 from training.trainer import GRPOTrainer, Sample
 from triplay_env.agent_ids import ROLES, agent_id, is_role
 from triplay_env.files import Unavailable, atomic_dir, atomic_write
@@ -109,13 +115,17 @@ class CoEvolution:
     Args:
         cfg: a validated :class:`~training.config.TrainConfig`.
         resume: continue from ``run_dir/checkpoint`` (refuses a config that differs, naming the keys).
-        log: where progress lines go (``print`` by default).
+        log: where progress lines go (``print`` by default; rank 0 only).
+        dist: the ranks sharing the run; by default read from torchrun's environment (one process without it).
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print,
+                 dist: Dist | None = None):
         self.cfg = cfg.validate()
+        self.dist = dist if dist is not None else from_env(timeout_s=cfg.dist.timeout_s, device=cfg.model.device)
+        cfg.check_world(self.dist.world_size, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0)
         self.run_dir = cfg.run_dir
-        self.log = log
+        self.log = log if self.dist.is_main else (lambda line: None)
         self.resume = resume
         if resume:
             self._check_resumable()
@@ -160,12 +170,16 @@ class CoEvolution:
         device = cfg.model.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.dist.enabled and device.startswith("cuda"):
+            device = self.dist.device  # one GPU per rank: cuda:LOCAL_RANK
         model = model.to(device)
         self.load_seconds = time.perf_counter() - t0
         self.roles = LoRARoles(
             model, tokenizer, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha,
             target_modules=cfg.model.lora_target_modules, max_prompt_tokens=cfg.model.max_prompt_tokens,
         )
+        if self.dist.enabled:  # every rank seeded the same, so built the same adapters; a mismatch stops here
+            self.dist.check_equal(self._checksum(self.roles.roles), "the initial adapters")
         if cfg.loop.opponents == "league":
             for role in ROLES:  # one extra adapter per role that its past snapshots are loaded into
                 self.roles.add_slot(slot_name(role))
@@ -199,13 +213,24 @@ class CoEvolution:
         """R_sem's and the pool's embedder (``game.embedder``); the judges get MiniLM when their spec asks"""
         from agents.judge_spec import build_panel
 
-        cache = VerdictCache(self.run_dir / JUDGE_CACHE if cfg.judges.cache else None)
+        # one writer: rank 0 keeps the cache file, the other ranks cache in memory
+        cache = VerdictCache(self.run_dir / JUDGE_CACHE if cfg.judges.cache and self.dist.is_main else None)
         self.panel = build_panel(self.judge_spec, embedder=minilm, cache=cache, check=False)
         """the one panel every phase, the held-out evaluation and the evaluator's labels use"""
         self.gate = None
         if cfg.game.verdict_source == "gated":
             self.gate = VerdictGate(cfg.game.gate_threshold, cfg.game.gate_window, cfg.game.gate_min_items)
         self.pool = triplay_env.AttackSuccessPool(capacity=cfg.game.pool_capacity)
+        if self.dist.enabled:  # one logical pool and gate: each step's additions are exchanged in global game order
+            self.pool.exchange = self.dist.concat
+            if self.gate is not None:
+                self.gate.exchange = self.dist.concat
+        G, ranks = cfg.grpo.group_size, self.dist.world_size
+        groups = block(cfg.grpo.batch_size // G, self.dist.rank, ranks)
+        self.train_games = range(groups.start * G, groups.stop * G)
+        """the global indices of the training games this rank plays (whole GRPO groups)"""
+        self.eval_games = block(cfg.loop.eval_scenarios, self.dist.rank, ranks)
+        """the global indices of the held-out games this rank plays"""
         env_cfg = dict(num_defenders=cfg.game.num_defenders, max_rounds=cfg.game.max_rounds,
                        reward_scheme=cfg.game.reward_scheme, reward_kwargs=dict(cfg.game.reward_kwargs),
                        defender_weights=tuple(cfg.game.defender_weights) or None, scenarios=cfg.game.scenarios,
@@ -214,7 +239,7 @@ class CoEvolution:
             triplay_env.parallel_env(**env_cfg, split="train", benign_fraction=cfg.game.benign_fraction,
                                      verdict_source=cfg.game.verdict_source, gate=self.gate,
                                      attack_success_pool=self.pool)
-            for _ in range(cfg.grpo.batch_size)
+            for _ in self.train_games
         ]
         # held-out seeds, half benign; a private pool so evaluation never feeds the training pool; every
         # held-out number is the panel's, so who would pay there does not matter (no gate to move)
@@ -222,9 +247,9 @@ class CoEvolution:
             triplay_env.parallel_env(**env_cfg, split="heldout", benign_fraction=0.5,
                                      verdict_source="panel" if self.gate else cfg.game.verdict_source,
                                      attack_success_pool=triplay_env.AttackSuccessPool(capacity=1))
-            for _ in range(cfg.loop.eval_scenarios)
+            for _ in self.eval_games
         ]
-        self.trainer = GRPOTrainer(self.roles, cfg.grpo, temperature=gen.temperature)
+        self.trainer = GRPOTrainer(self.roles, cfg.grpo, temperature=gen.temperature, dist=self.dist)
         self.baseline = RoleBaseline() if cfg.grpo.role_baseline else None
         self.metrics: list[dict] = []
         self.start_iteration = 1
@@ -235,6 +260,10 @@ class CoEvolution:
         self._judge_errors_logged: dict[str, bool] = {}
         self.judge_error: dict | None = None
         """the panel's sensitivity and specificity on the human objective judgments (``judges.measure_error``)"""
+
+    def _checksum(self, roles: Sequence[str]) -> float:
+        """A number that changes when any LoRA weight of ``roles`` does (ranks compare it: ``dist.check_sync``)."""
+        return sum(float(w.double().sum()) + float(w.double().abs().sum()) for r in roles for w in self.roles.weights(r).values())
 
     def _policy(self, samplers, role: str, *, seed: int, adapter: str | None = None):
         """``role``'s sampling policy with the configured lengths, temperature and top-p (played by
@@ -261,10 +290,14 @@ class CoEvolution:
 
         m = self.cfg.model
         served = self.roles.roles + self.roles.slots  # league slots are served like roles
+        # under torchrun each rank owns an engine on its own GPU; vLLM's external launcher lets it live in the
+        # process group torchrun made (as TRL's colocated mode does) instead of starting one of its own
+        launcher = {"distributed_executor_backend": "external_launcher"} if self.dist.enabled else {}
         engine = VLLMRoles(
             model_folder(m.name), roles=served, max_lora_rank=m.lora_r, max_loras=max(3, len(served)), dtype=m.dtype,
             max_model_len=m.max_prompt_tokens + max(self._max_new_tokens.values()),
             gpu_memory_utilization=m.vllm_memory_fraction, seed=self.cfg.loop.seed,
+            tensor_parallel_size=m.vllm_tensor_parallel_size, **launcher,
         )
         engine.push_from(self.roles)
         return engine
@@ -274,7 +307,8 @@ class CoEvolution:
     def run(self) -> list[dict]:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.dist.is_main:
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         if self.resume:
             self._load_checkpoint()
         writer = self._tensorboard()
@@ -294,9 +328,11 @@ class CoEvolution:
             self.save_checkpoint(iteration)
         if writer is not None:
             writer.close()
-        from training.report import write_report
+        if self.dist.is_main:
+            from training.report import write_report
 
-        write_report(self.run_dir, self.metrics, judges=f"the panel {self.panel.label}")  # reads transcripts.jsonl too
+            write_report(self.run_dir, self.metrics, judges=f"the panel {self.panel.label}")  # reads transcripts.jsonl too
+        self.dist.barrier("the end of the run")  # no rank leaves before the report is written
         return self.metrics
 
     def train_phase(self, phase: str, iteration: int, step: int) -> dict:
@@ -305,13 +341,17 @@ class CoEvolution:
         t0 = time.perf_counter()
         G = cfg.grpo.group_size
         scenario_seeds = self.rng.integers(0, 2**31 - 1, size=cfg.grpo.batch_size // G)
-        seeds = [int(s) for s in scenario_seeds for _ in range(G)]
+        sample_seed = int(self.rng.integers(0, 2**31 - 1))  # every game's sampling: (this, its global index, ...)
+        seeds = [int(s) for s in scenario_seeds for _ in range(G)][self.train_games.start : self.train_games.stop]
         players, opponents = self._opponents(role)
         bar = self._progress(f"iter {iteration} {phase:>4} ({role})", 3 * cfg.game.max_rounds)
         rollout = run_lockstep(self.train_envs, players, seeds, group_size=G, shared_roles=SHARED_ROLES[phase],
-                               on_step=(lambda n: bar.update(1)) if bar else None)
+                               on_step=(lambda n: bar.update(1)) if bar else None, sample_seed=sample_seed,
+                               env_offset=self.train_games.start, dist=self.dist)
         if bar:
             bar.close()
+        local_moves = rollout.moves
+        rollout = gather_rollout(rollout, self.dist)  # every rank's games, in one process's order
         t1 = time.perf_counter()
         # defender_1.. are fixed references; every evaluator_i trains (they share the adapter)
         trained_agents = [agent_id("defender", 0)] if role == "defender" else [
@@ -320,7 +360,8 @@ class CoEvolution:
         # a move whose verdict no judge gave is left out of its GRPO group: no advantage, no sample
         moves = [m for m in played if m.has_verdict]
         advantages, zero_share = advantages_by_group(moves, G, cfg.grpo, self.baseline) if moves else ([], float("nan"))
-        samples = [Sample(m.prompt_ids, m.completion_ids, m.logprobs, a) for m, a in zip(moves, advantages)]
+        mine = {id(m) for m in local_moves}  # this rank trains on its own games; the all-reduce adds the others'
+        samples = [Sample(m.prompt_ids, m.completion_ids, m.logprobs, a) for m, a in zip(moves, advantages) if id(m) in mine]
         gap = None
         if cfg.grpo.recompute_old_logprobs:
             samples, gap = self.trainer.recompute_old_logprobs(role, samples)
@@ -329,8 +370,10 @@ class CoEvolution:
             update["sampler_logprob_gap"] = gap
         if self.engine is not None:
             self.engine.push_from(self.roles, roles=[role])  # the next rollout samples the updated adapter
+        if cfg.dist.check_sync and self.dist.enabled:
+            self.dist.check_equal(self._checksum([role]), f"the {role} adapter after iteration {iteration} {phase} step {step}")
         t2 = time.perf_counter()
-        if moves:
+        if moves and self.dist.is_main:
             self._write_transcripts(iteration, phase, step, moves)
         p = f"{phase}/"
         rewards = [m.reward for m in moves]
@@ -353,7 +396,7 @@ class CoEvolution:
         record[p + f"reward_{role}_high"] = nan if spread["high"] is None else spread["high"]
         record[p + f"n_reward_{role}"] = float(len(rewards))
         for agent, total in rollout.returns.items():
-            record[p + f"return_{agent}"] = total / len(self.train_envs)
+            record[p + f"return_{agent}"] = total / cfg.grpo.batch_size
         if opponents:
             items, lost = trained_role_lost(role, rollout.judged)
             for other, snapshot in opponents.items():
@@ -398,7 +441,7 @@ class CoEvolution:
         self.panel.take_stats()  # these items are not a training phase's
         self.panel.cache.take_counts()
         error = judge_error(objective)
-        if error is not None:
+        if error is not None and self.dist.is_main:
             atomic_write(self.run_dir / JUDGE_ERROR, json.dumps(
                 {**error, "accuracy": objective["accuracy"], "rows": len(rows), "judges": self.panel.label}, indent=2))
             self.log(f"judge error on {len(rows)} human objective judgments: sensitivity {error['sensitivity']:.3f}, "
@@ -421,20 +464,20 @@ class CoEvolution:
             # a fresh private pool per evaluation: held-out numbers depend on the current policies alone, not on
             # the attacks the previous evaluation left in the pool (which a resumed run does not have)
             env.attack_success_pool = AttackSuccessPool(capacity=1)
-        players = dict(self.players)
-        samplers = self.engine if self.engine is not None else self.roles
-        for k, role in enumerate(PHASE_ROLE.values()):
-            players[role] = self._policy(samplers, role, seed=10_000 + k)
-        seeds = [100_000 + i for i in range(len(self.eval_envs))]
-        rollout = run_lockstep(self.eval_envs, players, seeds)
+        # the same seeds every evaluation (common random numbers: iterations differ by their policies alone)
+        seeds = [100_000 + i for i in self.eval_games]
+        rollout = run_lockstep(self.eval_envs, self.players, seeds, sample_seed=10_000, env_offset=self.eval_games.start,
+                               dist=self.dist)
+        rollout = gather_rollout(rollout, self.dist)
+        games = self.cfg.loop.eval_scenarios
         record = {"iteration": iteration, "phase": "heldout", "step": 0,
                   **{"heldout/" + k: v for k, v in judged_metrics(rollout.judged).items()},
                   **self._judging_metrics("heldout/", rollout.judged)}
         nan = float("nan")
         for role in ROLES:  # held-out metrics are heldout/...; eval/... is the P_Eval training phase
             agent = agent_id(role, 0)
-            record[f"heldout/reward_{role}"] = rollout.returns.get(agent, 0.0) / len(self.eval_envs)
-            per_game = [sum(m.reward for m in rollout.moves if m.env == i and m.agent == agent) for i in range(len(self.eval_envs))]
+            record[f"heldout/reward_{role}"] = rollout.returns.get(agent, 0.0) / games
+            per_game = [sum(m.reward for m in rollout.moves if m.env == i and m.agent == agent) for i in range(games)]
             spread = bootstrap_mean(per_game, seed=iteration, resamples=1000)  # games are independent: no clusters
             record[f"heldout/reward_{role}_low"] = nan if spread["low"] is None else spread["low"]
             record[f"heldout/reward_{role}_high"] = nan if spread["high"] is None else spread["high"]
@@ -453,12 +496,19 @@ class CoEvolution:
         """How the panel did since the last call: each judge's abstain rate, the verdict cache's hit rate, which
         source paid defender_0's rounds, and the gate's agreement (``gated``)."""
         out: dict[str, float] = {}
-        for name, stat in self.panel.take_stats().items():
+        stats: dict[str, dict] = {}
+        for part in self.dist.all_gather(self.panel.take_stats(), "the judges' counts"):  # every rank judged its games
+            for name, stat in part.items():
+                total = stats.setdefault(name, {"items": 0, "abstained": 0, "first_error": None})
+                total["items"] += stat["items"]
+                total["abstained"] += stat["abstained"]
+                total["first_error"] = total["first_error"] or stat["first_error"]
+        for name, stat in stats.items():
             out[f"{prefix}judge_abstain_rate/{name}"] = stat["abstained"] / stat["items"] if stat["items"] else 0.0
             if stat["first_error"] and not self._judge_errors_logged.get(name):
                 self._judge_errors_logged[name] = True
                 self.log(f"judge {name} abstained ({stat['abstained']} of {stat['items']} items): {stat['first_error']}")
-        hits, misses = self.panel.cache.take_counts()
+        hits, misses = self.dist.sum(self.panel.cache.take_counts(), "the verdict cache's counts")
         out[prefix + "judge_cache_hit_rate"] = hits / (hits + misses) if hits + misses else float("nan")
         sources = [r["verdict_sources"][0] for r in judged]
         if sources:
@@ -471,10 +521,11 @@ class CoEvolution:
         return out
 
     def close(self) -> None:
-        """Stop the vLLM engine, if any (the transformers model needs no closing)."""
+        """Stop the vLLM engine, if any (the transformers model needs no closing), and leave the process group."""
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+        self.dist.close()
 
     # ------------------------------------------------------------------ logging
 
@@ -487,6 +538,8 @@ class CoEvolution:
         record["judges"] = self.judge_spec.config_hash  # which panel judged it (config.json holds the spec)
         record["global_step"] = self.global_step + (record.get("phase") in PHASE_ROLE)
         self.metrics.append(record)
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
         if writer is not None:
@@ -511,7 +564,7 @@ class CoEvolution:
                 f.write(json.dumps(row, default=str) + "\n")
 
     def _tensorboard(self):
-        if not self.cfg.loop.tensorboard:
+        if not self.cfg.loop.tensorboard or not self.dist.is_main:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -521,7 +574,7 @@ class CoEvolution:
         return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.global_step + 1)
 
     def _progress(self, desc: str, total: int):
-        if not self.cfg.loop.progress:
+        if not self.cfg.loop.progress or not self.dist.is_main:
             return None
         from tqdm.auto import tqdm
 
@@ -532,20 +585,21 @@ class CoEvolution:
     def save_checkpoint(self, iteration: int) -> Path:
         """Write ``run_dir/checkpoint`` atomically (built beside it, flushed, swapped in with renames)."""
         final = self.run_dir / CHECKPOINT
+        # each rank's own RNG states (rank 0 writes them all); the rest is identical on every rank
+        ranks = self.dist.all_gather(self._rng_state(), "gathering the ranks' RNG states")
+        if not self.dist.is_main:
+            self.dist.barrier("the checkpoint")  # rank 0 has written it
+            self.checkpointed_iteration = iteration
+            return final
         state = {
             "iteration": iteration,
+            "world_size": self.dist.world_size,
             "trainer": self.trainer.state_dict(),
             "baseline": None if self.baseline is None else self.baseline.state_dict(),
             "gate": None if self.gate is None else self.gate.state_dict(),
             "league": None if self.league is None else self.league.state_dict(),
-            "rng": {
-                "numpy_loop": self.rng.bit_generator.state,
-                "python": random.getstate(),
-                "numpy_global": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "policies": {name: _sampler_state(p) for name, p in self.players.items() if _sampler_state(p) is not None},
-                "league_players": {} if self.league is None else {r: _sampler_state(p) for r, p in self.league_players.items()},
-            },
+            "rng": ranks[0],
+            "rng_per_rank": ranks,
         }
         with atomic_dir(final, fsync=True) as tmp:
             self.roles.save_adapters(tmp / "adapters")
@@ -554,7 +608,18 @@ class CoEvolution:
             (tmp / "metrics.json").write_text(json.dumps([_jsonable(r) for r in self.metrics], allow_nan=False))
             (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         self.checkpointed_iteration = iteration
+        self.dist.barrier("the checkpoint")  # every rank knows the checkpoint is complete before it goes on
         return final
+
+    def _rng_state(self) -> dict:
+        return {
+            "numpy_loop": self.rng.bit_generator.state,
+            "python": random.getstate(),
+            "numpy_global": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "policies": {name: _sampler_state(p) for name, p in self.players.items() if _sampler_state(p) is not None},
+            "league_players": {} if self.league is None else {r: _sampler_state(p) for r, p in self.league_players.items()},
+        }
 
     def _checkpoint_dir(self) -> Path | None:
         for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
@@ -567,6 +632,10 @@ class CoEvolution:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (expected {self.run_dir / CHECKPOINT}/state.pt)")
         saved = json.loads((ckpt / "config.json").read_text())
+        saved_world = torch.load(ckpt / "state.pt", weights_only=False).get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise ConfigError(f"--resume: the checkpoint in {ckpt} was written by {saved_world} rank(s), and this run has "
+                              f"{self.dist.world_size}: resume with the same number of processes (--nproc {saved_world})")
         differ = [k for k in config_diff(saved, self.cfg.to_dict()) if k not in RUN_CONTROL_KEYS]
         if differ:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}; "
@@ -581,7 +650,7 @@ class CoEvolution:
             self.baseline.load_state_dict(state["baseline"])
         if self.gate is not None and state.get("gate") is not None:
             self.gate.load_state_dict(state["gate"])
-        rng = state["rng"]
+        rng = state.get("rng_per_rank", [state["rng"]])[self.dist.rank]
         self.rng.bit_generator.state = rng["numpy_loop"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy_global"])
@@ -596,6 +665,10 @@ class CoEvolution:
             self.engine.push_from(self.roles)
         self.pool.load_state_dict(json.loads((ckpt / "pool.json").read_text()))
         self.metrics = json.loads((ckpt / "metrics.json").read_text())
+        self.start_iteration = state["iteration"] + 1
+        self.checkpointed_iteration = state["iteration"]
+        if not self.dist.is_main:
+            return
         # metrics logged after the checkpoint belong to work that is being redone: rewrite the log
         with open(self.run_dir / "metrics.jsonl", "w") as f:
             for record in self.metrics:
@@ -604,6 +677,4 @@ class CoEvolution:
         if transcripts.exists():  # games after the checkpoint are being replayed: keep each once
             kept = [line for line in transcripts.read_text().splitlines() if json.loads(line)["iteration"] <= state["iteration"]]
             transcripts.write_text("".join(line + "\n" for line in kept))
-        self.start_iteration = state["iteration"] + 1
-        self.checkpointed_iteration = state["iteration"]
         self.log(f"resumed {self.run_dir} after iteration {state['iteration']}")

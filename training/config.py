@@ -47,6 +47,9 @@ class ModelConfig:
     vllm_memory_fraction: float = 0.3
     """vLLM backend: share of GPU memory the engine may take (weights + KV cache); the trainer holds the rest
     (TRL's colocated default 0.3); on CPU vLLM reads it as a share of RAM"""
+    vllm_tensor_parallel_size: int = 1
+    """vLLM backend: GPUs one engine spans (one process only; under torchrun every rank owns one engine on its
+    own GPU, so it must be 1 there)"""
     lora_r: int = 8
     """LoRA rank of every role adapter (our choice for small models)"""
     lora_alpha: int = 16
@@ -89,6 +92,16 @@ class GameConfig:
     """keyword arguments of the reward scheme (e.g. {sem_bonus: 0.3, k: 2.0} for triplay; see triplay_env.rewards)"""
     defender_weights: tuple[float, ...] = ()
     """attacker-reward weight per defender; empty: 1.0 for one defender, 0.6/0.2/0.2 for three (paper)"""
+
+
+@dataclass
+class DistConfig:
+    """Several processes (``torchrun`` or ``triplay train --nproc N``); ignored by a single process."""
+
+    timeout_s: float = 600.0
+    """how long a rank waits in a collective for a peer that stopped answering before it gives up (gloo/NCCL)"""
+    check_sync: bool = False
+    """after every update, compare a checksum of the trained adapter across ranks and stop loudly on drift"""
 
 
 @dataclass
@@ -205,6 +218,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     judges: JudgesConfig = field(default_factory=JudgesConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     # -------------------------------------------------------------- derived values
 
@@ -298,7 +312,28 @@ class TrainConfig:
               f"must be uniform or prioritised, got {lp.league_sampling!r}")
         bad = [p for p in lp.phases if p not in ("red", "blue", "eval")]
         _rule(not bad and lp.phases, "loop.phases", f"must be a non-empty subset of ('red', 'blue', 'eval'), got {lp.phases}")
+        _rule(self.dist.timeout_s > 0, "dist.timeout_s", f"must be > 0 seconds, got {self.dist.timeout_s}")
+        _rule(m.vllm_tensor_parallel_size >= 1, "model.vllm_tensor_parallel_size",
+              f"must be >= 1, got {m.vllm_tensor_parallel_size}")
         return self
+
+    def check_world(self, world_size: int, *, gpus: int = 0) -> None:
+        """The rules that depend on how many processes share the run (``world_size`` ranks, ``gpus`` per node)."""
+        g, lp, m = self.grpo, self.loop, self.model
+        groups = g.batch_size // g.group_size
+        _rule(groups % world_size == 0, "grpo.batch_size",
+              f"is {g.batch_size}: {groups} GRPO groups of {g.group_size}, which {world_size} ranks cannot share evenly "
+              f"(a group never straddles ranks): use a multiple of group_size x ranks = {g.group_size * world_size}")
+        _rule(lp.eval_scenarios >= world_size, "loop.eval_scenarios",
+              f"is {lp.eval_scenarios}: fewer held-out games than the {world_size} ranks; give every rank at least one")
+        if m.backend == "vllm":
+            tp = m.vllm_tensor_parallel_size
+            if world_size > 1:
+                _rule(tp == 1, "model.vllm_tensor_parallel_size",
+                      f"is {tp}, but under torchrun each of the {world_size} ranks owns one vLLM engine on its own GPU: "
+                      f"set it to 1, or run one process with tensor parallel over the node's GPUs")
+            elif gpus:
+                _rule(tp <= gpus, "model.vllm_tensor_parallel_size", f"is {tp}, but this node has {gpus} GPU(s)")
 
 
 def _rule(ok: bool, field_name: str, message: str) -> None:
@@ -453,7 +488,7 @@ def _yaml_where(error: Exception) -> str:
     return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
 
 
-RUN_CONTROL_KEYS = ("loop.iterations", "loop.progress", "loop.tensorboard")
+RUN_CONTROL_KEYS = ("loop.iterations", "loop.progress", "loop.tensorboard", "dist.timeout_s", "dist.check_sync")
 """keys that may change on --resume (extending a run, display)"""
 
 

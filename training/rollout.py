@@ -13,18 +13,28 @@ groups of ``group_size`` consecutive envs that share a reset seed, hence a scena
 
 Every move is recorded with the reward its agent received at the JUDGE step that closed the move's round,
 so multi-round games give one reward per round.
+
+**Batch-independent games.** With ``sample_seed`` every policy call samples each row from its own generator,
+seeded by ``(sample_seed, the env's global index, the step, the agent)``, and the Attack Success Pool takes a
+step's successful attacks only once every env has stepped (:meth:`~triplay_env.AttackSuccessPool.hold`). A game's
+texts and rewards then depend on its own seeds, not on which other games share its batch, so the games of a
+global batch can be split over processes (``env_offset``, ``dist``; see ``training.distributed``) and
+:func:`gather_rollout` puts them back in the order one process would have played them.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from agents.base import Agent, Generation, TrainablePolicy, role_of, turns_from
 from triplay_env.agent_ids import parse_agent
 
-__all__ = ["Move", "Rollout", "run_lockstep", "resolve_player"]
+__all__ = ["Move", "Rollout", "gather_rollout", "row_seed", "run_lockstep", "resolve_player"]
 
 
 @dataclass
@@ -47,6 +57,8 @@ class Move:
     """the env's infos[agent] when the move was made (scenario, attack, responses, ...)"""
     judged: Mapping[str, Any] | None = None
     """the judged record of the round the move belongs to (verdicts, panel votes, who paid), once judged"""
+    step: int = 0
+    """the lockstep step it was made at (moves are in (step, agent, env) order)"""
 
     @property
     def has_verdict(self) -> bool:
@@ -67,7 +79,7 @@ class Rollout:
     moves: list[Move]
     """every move, in the order they were made"""
     judged: list[dict]
-    """every judged round: ``{"env", "game", "round", "scenario", **the env's judged record}``"""
+    """every judged round: ``{"env", "step", "game", "round", "scenario", **the env's judged record}``"""
     returns: dict[str, float]
     """summed reward per agent name over all envs"""
     group_size: int
@@ -96,6 +108,9 @@ def run_lockstep(
     options: Sequence[dict | None] | None = None,
     on_step: Callable[[int], None] | None = None,
     batch_judging: bool = True,
+    sample_seed: int | None = None,
+    env_offset: int = 0,
+    dist: Any = None,
 ) -> Rollout:
     """Play one episode in every env, in lockstep.
 
@@ -110,11 +125,23 @@ def run_lockstep(
         batch_judging: at each JUDGE step, hand every env's items to their shared panel in one call
             (``Panel.prefetch``) before stepping the envs, and fix a shared ``VerdictGate``'s decision for the
             whole batch; False judges env by env (the same verdicts, B panel calls).
+        sample_seed: sample every row of a trainable policy's call from its own generator, seeded by
+            :func:`row_seed` (policies must accept ``generate(turns, seeds=...)``); None: the policy's own RNG.
+        env_offset: the global index of ``envs[0]``, when these envs are one block of a larger batch (a
+            multiple of ``group_size``); moves and judged records carry global indices.
+        dist: a ``training.distributed.Dist`` whose ranks play the other blocks: the loop runs until every
+            rank's games have ended, and the shared pool's and gate's exchanges happen on every rank each step.
     """
     if len(seeds) != len(envs):
         raise ValueError(f"need one seed per env: {len(seeds)} seeds for {len(envs)} envs")
     if group_size < 1 or len(envs) % group_size:
         raise ValueError(f"group_size {group_size} must divide the number of envs {len(envs)}")
+    if env_offset % group_size:
+        raise ValueError(f"env_offset {env_offset} must be a multiple of group_size {group_size} (groups are whole)")
+    # shared state that every env of the batch reads: its updates wait until every env has stepped
+    held = list({id(x): x for env in envs for x in (getattr(env, "attack_success_pool", None),
+                                                     getattr(env, "gate", None) if batch_judging else None)
+                 if x is not None and hasattr(x, "hold")}.values())
     resets = [env.reset(seed=s, options=(options[i] if options else None)) for i, (env, s) in enumerate(zip(envs, seeds))]
     obs = [r[0] for r in resets]
     infos = [r[1] for r in resets]
@@ -123,7 +150,7 @@ def run_lockstep(
     judged: list[dict] = []
     returns: dict[str, float] = {}
     steps = 0
-    while any(env.agents for env in envs):
+    while dist.any(any(env.agents for env in envs), "the rollout") if dist is not None else any(env.agents for env in envs):
         live = [i for i, env in enumerate(envs) if env.agents]
         actions: dict[int, dict[str, str]] = {i: {} for i in live}
         for agent in sorted({a for i in live for a in envs[i].agents if obs[i][a]["active"]}):
@@ -135,7 +162,12 @@ def run_lockstep(
                 callers.setdefault(key(i), i)
             turns = [turns_from(obs[i], infos[i], [agent])[0] for i in callers.values()]
             player = resolve_player(players, agent)
-            gen: Generation | None = player.generate(turns) if isinstance(player, TrainablePolicy) else None
+            gen: Generation | None = None
+            if isinstance(player, TrainablePolicy):
+                if sample_seed is None:
+                    gen = player.generate(turns)
+                else:
+                    gen = player.generate(turns, seeds=[row_seed(sample_seed, env_offset + i, steps, agent) for i in callers.values()])
             texts = gen.texts if gen is not None else player.act(turns)
             if len(texts) != len(turns):
                 raise ValueError(f"{type(player).__name__} returned {len(texts)} texts for {len(turns)} turns of {agent}")
@@ -144,13 +176,16 @@ def run_lockstep(
                 n = slot[key(i)]
                 actions[i][agent] = texts[n]
                 info = infos[i][agent]
-                move = Move(env=i, agent=agent, role=role_of(agent), game=info["game"], round=info["round"],
-                            prompt=turns[n].prompt, messages=turns[n].messages, text=texts[n], info=info)
+                move = Move(env=env_offset + i, agent=agent, role=role_of(agent), game=info["game"], round=info["round"],
+                            prompt=turns[n].prompt, messages=turns[n].messages, text=texts[n], info=info, step=steps)
                 if gen is not None and callers[key(i)] == i:  # copies for shared roles are not training samples
                     move.prompt_ids, move.completion_ids, move.logprobs = gen.prompt_ids[n], gen.completion_ids[n], gen.logprobs[n]
                 moves.append(move)
                 pending[i].append(move)
-        gates = _judge_batch([envs[i] for i in live]) if batch_judging else []
+        if batch_judging:
+            _judge_batch([envs[i] for i in live])
+        for x in held:
+            x.hold()
         for i in live:
             obs[i], rewards, _, _, infos[i] = envs[i].step(actions[i])
             for agent, r in rewards.items():
@@ -161,23 +196,43 @@ def run_lockstep(
                     m.reward = rewards[m.agent]
                     m.judged = record
                 pending[i] = []
-                judged.append({"env": i, **record})
-        for gate in gates:
-            gate.release()
+                judged.append({"env": env_offset + i, "step": steps, **record})
+        for x in held:
+            x.release()
         steps += 1
         if on_step is not None:
             on_step(steps)
     return Rollout(moves=moves, judged=judged, returns=returns, group_size=group_size)
 
 
-def _judge_batch(envs: Sequence[Any]) -> list[Any]:
-    """Judge the JUDGE-phase items of ``envs`` in one call per shared panel; hold their shared gates.
+def row_seed(sample_seed: int, env: int, step: int, agent: str) -> int:
+    """The sampling seed of one policy call's row: a hash of the rollout's seed, the env's global index, the
+    lockstep step and the agent's name (stable across processes and Python runs)."""
+    return int(np.random.SeedSequence([sample_seed, env, step, zlib.crc32(agent.encode())]).generate_state(1)[0])
 
-    Returns the gates held (release them once every env has stepped). Envs without ``judge_items`` (not a
-    TriPlay env) are skipped.
-    """
+
+def gather_rollout(rollout: Rollout, dist: Any) -> Rollout:
+    """Every rank's part of one global rollout, as one :class:`Rollout` in the order one process plays it:
+    moves by (step, agent, env), judged rounds by (step, env), returns summed. Prompt token ids and log-probs
+    travel only for the moves this rank trains on (others' are dropped: their ranks train on them)."""
+    if dist is None or not dist.enabled:
+        return rollout
+    light = replace(rollout, moves=[replace(m, prompt_ids=None, logprobs=None, messages=()) for m in rollout.moves])
+    parts = dist.all_gather(light, "gathering the rollout")
+    own = {(m.step, m.agent, m.env): m for m in rollout.moves}
+    moves = sorted((own.get((m.step, m.agent, m.env), m) for p in parts for m in p.moves), key=lambda m: (m.step, m.agent, m.env))
+    judged = sorted((j for p in parts for j in p.judged), key=lambda j: (j["step"], j["env"]))
+    returns: dict[str, float] = {}
+    for p in parts:
+        for agent, r in p.returns.items():
+            returns[agent] = returns.get(agent, 0.0) + r
+    return Rollout(moves=moves, judged=judged, returns=returns, group_size=rollout.group_size)
+
+
+def _judge_batch(envs: Sequence[Any]) -> None:
+    """Judge the JUDGE-phase items of ``envs`` in one call per shared panel (envs without ``judge_items``,
+    not TriPlay envs, are skipped); the runner holds the envs' shared gates while they step."""
     by_panel: dict[int, tuple[Any, list]] = {}
-    gates: dict[int, Any] = {}
     for env in envs:
         items = env.judge_items() if hasattr(env, "judge_items") else []
         if not items:
@@ -185,11 +240,5 @@ def _judge_batch(envs: Sequence[Any]) -> list[Any]:
         panel = env.panel
         if hasattr(panel, "prefetch"):
             by_panel.setdefault(id(panel), (panel, []))[1].extend(items)
-        gate = getattr(env, "gate", None)
-        if gate is not None:
-            gates[id(gate)] = gate
     for panel, items in by_panel.values():
         panel.prefetch(items)
-    for gate in gates.values():
-        gate.hold()
-    return list(gates.values())

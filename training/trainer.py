@@ -3,6 +3,11 @@
 The trainer owns no rollout logic: it receives :class:`Sample` objects (prompt ids, completion ids, the
 sampling policy's log-probs, an advantage) for one role and takes one optimizer step per inner epoch.
 Gradients only reach the role's own LoRA weights; the other adapters and the base stay bitwise equal.
+
+Over several processes (``dist``, see ``training.distributed``) each rank passes its own share of the batch:
+the normalisers (the batch size, dapo's token count, dr_grpo's longest completion) are global counts, so each
+rank's loss is its share of the global loss; one all-reduce sums the gradients, and every rank then clips and
+steps the same values. The logged loss and metrics are the global ones.
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ class GRPOTrainer:
         temperature: the sampling temperature, so recomputed log-probs match the stored ones.
     """
 
-    def __init__(self, roles, cfg: GRPOConfig, *, temperature: float = 1.0):
+    def __init__(self, roles, cfg: GRPOConfig, *, temperature: float = 1.0, dist=None):
+        from training.distributed import SINGLE
+
         self.roles, self.cfg, self.temperature = roles, cfg, temperature
+        self.dist = dist or SINGLE
         self.optimizers = {
             role: torch.optim.AdamW(roles.trainable_parameters(role), lr=cfg.lr, weight_decay=cfg.weight_decay)
             for role in roles.roles
@@ -68,16 +76,17 @@ class GRPOTrainer:
         A step whose loss or gradient norm is not finite is skipped (gradients dropped, adapter untouched)
         and counted in ``skipped``.
         """
-        cfg = self.cfg
+        cfg, dist = self.cfg, self.dist
         samples = [s for s in samples if len(s.completion_ids) > 0]
-        if not samples:
+        # global counts: every rank normalises by the whole batch
+        counts = dist.sum([len(samples), sum(len(s.completion_ids) for s in samples)], "counting the batch")
+        batch, total_tokens = int(counts[0]), counts[1]
+        if not batch:
             return {"skipped": 0.0, "samples": 0.0}
         params = self.roles.trainable_parameters(role)
         optimizer = self.optimizers[role]
-        batch = len(samples)
-        width = max(len(s.completion_ids) for s in samples)
-        total_tokens = float(sum(len(s.completion_ids) for s in samples))
-        ref = self._reference_logprobs(samples) if cfg.beta > 0 else None
+        width = int(dist.max(max((len(s.completion_ids) for s in samples), default=0), "the longest completion"))
+        ref = self._reference_logprobs(samples) if cfg.beta > 0 and samples else None
         sums: dict[str, float] = {}
         skipped = 0
         was_training = self.roles.model.training
@@ -86,7 +95,7 @@ class GRPOTrainer:
             for _ in range(cfg.inner_epochs):
                 optimizer.zero_grad(set_to_none=True)
                 loss_total = 0.0
-                for start in range(0, batch, cfg.micro_batch_size):
+                for start in range(0, len(samples), cfg.micro_batch_size):  # this rank's samples
                     micro = samples[start : start + cfg.micro_batch_size]
                     logprobs, mask = self.roles.forward_logprobs(
                         [s.prompt_ids for s in micro], [s.completion_ids for s in micro], role, temperature=self.temperature
@@ -108,6 +117,8 @@ class GRPOTrainer:
                     loss_total += loss.item() * weight
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v * len(micro) / batch / cfg.inner_epochs
+                if dist.enabled:
+                    loss_total = self._all_reduce(params, loss_total)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 if not (math.isfinite(grad_norm) and math.isfinite(loss_total)):
                     optimizer.zero_grad(set_to_none=True)
@@ -120,10 +131,24 @@ class GRPOTrainer:
         finally:
             optimizer.zero_grad(set_to_none=True)
             self.roles.model.train(was_training)
+        if dist.enabled:  # each rank summed its share of the metrics over the global batch: add the shares
+            shares = dist.all_gather({k: v for k, v in sums.items() if k not in ("loss", "grad_norm")}, "the step's metrics")
+            sums.update({k: sum(s.get(k, 0.0) for s in shares) for k in {k for s in shares for k in s}})
         sums["skipped"] = float(skipped)
         sums["samples"] = float(batch)
         sums["completion_tokens_mean"] = total_tokens / batch
         return sums
+
+    def _all_reduce(self, params, loss_share: float) -> float:
+        """Sum the gradients of ``params`` and the loss shares over ranks (one flat all-reduce); returns the loss."""
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor([loss_share], device=params[0].device)])
+        self.dist.all_reduce_(flat, "the gradient all-reduce")
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
+            offset += g.numel()
+        return float(flat[-1])
 
     @torch.no_grad()
     def recompute_old_logprobs(self, role: str, samples: Sequence[Sample]) -> tuple[list[Sample], float]:
@@ -134,21 +159,21 @@ class GRPOTrainer:
         ratio is then exactly 1, as GRPO assumes; the gap measures the training/inference mismatch.
         """
         samples = [s for s in samples if len(s.completion_ids) > 0]
-        if not samples:
-            return [], 0.0
-        was_training = self.roles.model.training
-        self.roles.model.eval()
-        try:
-            ours = self._logprobs(samples, role)  # [B, T]
-        finally:
-            self.roles.model.train(was_training)
         out, gap, tokens = [], 0.0, 0
-        for i, s in enumerate(samples):
-            row = ours[i, : len(s.completion_ids)].tolist()
-            gap += sum(abs(a - b) for a, b in zip(row, s.old_logprobs))
-            tokens += len(row)
-            out.append(Sample(s.prompt_ids, s.completion_ids, row, s.advantage))
-        return out, gap / tokens
+        if samples:
+            was_training = self.roles.model.training
+            self.roles.model.eval()
+            try:
+                ours = self._logprobs(samples, role)  # [B, T]
+            finally:
+                self.roles.model.train(was_training)
+            for i, s in enumerate(samples):
+                row = ours[i, : len(s.completion_ids)].tolist()
+                gap += sum(abs(a - b) for a, b in zip(row, s.old_logprobs))
+                tokens += len(row)
+                out.append(Sample(s.prompt_ids, s.completion_ids, row, s.advantage))
+        gap, tokens = self.dist.sum([gap, tokens], "the log-prob gap")
+        return out, gap / tokens if tokens else 0.0
 
     def _reference_logprobs(self, samples: Sequence[Sample]) -> torch.Tensor:
         return self._logprobs(samples, None)
