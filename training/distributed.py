@@ -206,13 +206,13 @@ def run_difference(a, b) -> dict:
             if (k.startswith("time/") or "cache_hit_rate" in k or "/" not in k
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))):
                 continue  # None (a nan) on one side only is caught below by the key sets
-            paid = any(w in k.rsplit("/", 1)[-1] for w in ("loss", "reward", "return"))
-            d = abs(va - vb) if paid else abs(va - vb) / max(1.0, abs(va))
-            field = "paid" if paid else "metrics"
-            out[f"{field}_values" if paid else "metric_values"] += 1
-            key = "paid_max_abs" if paid else "metrics_max_scaled"
+            if any(w in k.rsplit("/", 1)[-1] for w in ("loss", "reward", "return")):
+                d, key, worst, count = abs(va - vb), "paid_max_abs", "paid_worst", "paid_values"
+            else:
+                d, key, worst, count = abs(va - vb) / max(1.0, abs(va)), "metrics_max_scaled", "metrics_worst", "metric_values"
+            out[count] += 1
             if d > out[key] or math.isnan(d):
-                out[key], out[f"{field}_worst"] = d, f"{k} at {where}"
+                out[key], out[worst] = d, f"{k} at {where}"
         nulls = {k for k in set(ra) | set(rb) if (ra.get(k) is None) != (rb.get(k) is None)}
         if nulls:
             raise ValueError(f"{a} and {b} differ in which values are missing at {where}: {sorted(nulls)}")

@@ -115,8 +115,10 @@ class GRPOTrainer:
                     weight = 1.0 if cfg.loss_type == "dapo" else len(micro) / batch
                     (loss * weight).backward()
                     loss_total += loss.item() * weight
+                    # the metrics are token means: weighted by tokens, they add up to the whole batch's token mean
+                    share = float(mask.sum()) / total_tokens
                     for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v * len(micro) / batch / cfg.inner_epochs
+                        sums[k] = sums.get(k, 0.0) + v * share / cfg.inner_epochs
                 if dist.enabled:
                     loss_total = self._all_reduce(params, loss_total)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
