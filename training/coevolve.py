@@ -632,10 +632,6 @@ class CoEvolution:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (expected {self.run_dir / CHECKPOINT}/state.pt)")
         saved = json.loads((ckpt / "config.json").read_text())
-        saved_world = torch.load(ckpt / "state.pt", weights_only=False).get("world_size", 1)
-        if saved_world != self.dist.world_size:
-            raise ConfigError(f"--resume: the checkpoint in {ckpt} was written by {saved_world} rank(s), and this run has "
-                              f"{self.dist.world_size}: resume with the same number of processes (--nproc {saved_world})")
         differ = [k for k in config_diff(saved, self.cfg.to_dict()) if k not in RUN_CONTROL_KEYS]
         if differ:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}; "
@@ -650,7 +646,11 @@ class CoEvolution:
             self.baseline.load_state_dict(state["baseline"])
         if self.gate is not None and state.get("gate") is not None:
             self.gate.load_state_dict(state["gate"])
-        rng = state.get("rng_per_rank", [state["rng"]])[self.dist.rank]
+        # every game is seeded by its global index and every rank holds the same state, so a run written by N ranks
+        # resumes on M: with the same N each rank takes its own RNG states back, else rank 0's (the same values)
+        ranks = state.get("rng_per_rank", [state["rng"]])
+        saved_world = state.get("world_size", 1)
+        rng = ranks[self.dist.rank] if saved_world == self.dist.world_size else ranks[0]
         self.rng.bit_generator.state = rng["numpy_loop"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy_global"])
@@ -677,4 +677,5 @@ class CoEvolution:
         if transcripts.exists():  # games after the checkpoint are being replayed: keep each once
             kept = [line for line in transcripts.read_text().splitlines() if json.loads(line)["iteration"] <= state["iteration"]]
             transcripts.write_text("".join(line + "\n" for line in kept))
-        self.log(f"resumed {self.run_dir} after iteration {state['iteration']}")
+        moved = "" if saved_world == self.dist.world_size else f" (written by {saved_world} rank(s), now {self.dist.world_size})"
+        self.log(f"resumed {self.run_dir} after iteration {state['iteration']}{moved}")

@@ -60,7 +60,14 @@ def runs(tmp_path_factory):
     resumed = train(two, "--set", "loop.iterations=2", "--set", "dist.check_sync=true", "--resume", nproc=2)
     t2 = time.perf_counter()
     print(f"\n1 process: {t1 - t0:.1f} s; 2 ranks (1 iteration, then resumed for 1): {t2 - t1:.1f} s")
-    return {"one": one / "run", "two": two / "run", "first": first, "resumed": resumed}
+    # moved between rank counts at the checkpoint: 2 ranks then 1 process, and 1 process then 2 ranks
+    down, up = tmp_path_factory.mktemp("down"), tmp_path_factory.mktemp("up")
+    train(down, "--set", "loop.iterations=1", nproc=2)
+    moved = train(down, "--set", "loop.iterations=2", "--resume")
+    train(up, "--set", "loop.iterations=1")
+    train(up, "--set", "loop.iterations=2", "--resume", nproc=2)
+    return {"one": one / "run", "two": two / "run", "first": first, "resumed": resumed, "down": down / "run",
+            "up": up / "run", "moved": moved}
 
 
 def test_two_ranks_log_and_learn_what_one_process_does(runs):
@@ -93,14 +100,11 @@ def test_only_rank_0_writes_and_it_says_how_many_ranks(runs):
     assert state["world_size"] == 2 and len(state["rng_per_rank"]) == 2
 
 
-def test_resuming_with_another_number_of_ranks_is_refused_naming_both(runs, no_model_loads):
-    from training.coevolve import CoEvolution
-
-    cfg = apply_overrides(preset("tiny"), sets=[kv for kv in RUN[3::2]] + [
-        f"loop.runs_dir={runs['two'].parent}", "loop.run_name=run", "loop.iterations=3"])
-    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\), and this run has 1: resume with the same number "
-                                          r"of processes \(--nproc 2\)"):
-        CoEvolution(cfg, resume=True)
+def test_a_run_moved_to_another_number_of_ranks_at_its_checkpoint_goes_on_as_one_process_would(runs):
+    for moved in ("down", "up"):  # 2 ranks -> 1 process, 1 process -> 2 ranks, after iteration 1
+        diff = run_difference(runs["one"], runs[moved])
+        assert diff["paid_max_abs"] < 1e-6 and diff["metrics_max_scaled"] < 1e-5 and diff["weights_max_abs"] < 1e-6, (moved, diff)
+    assert "resumed" in runs["moved"].stdout and "(written by 2 rank(s), now 1)" in runs["moved"].stdout
 
 
 # ---------------------------------------------------------------------------------------------------------
