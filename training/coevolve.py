@@ -314,7 +314,9 @@ class CoEvolution:
         writer = self._tensorboard()
         measure = cfg.judges.measure_error
         if measure == "always" or (measure == "offline" and not any(e.is_http for e in self.judge_spec.panel)):
-            self.judge_error = self._measure_judge_error()
+            # rank 0 judges the 395 items once (an HTTP judge is asked once, not once per rank) and shares the result
+            error = self._measure_judge_error() if self.dist.is_main else None
+            self.judge_error = self.dist.all_gather(error, "sharing the judge's error")[0]
         if self.start_iteration == 1:
             self._record(self.evaluate(iteration=0), writer)
             self._snapshot(0)
@@ -441,7 +443,7 @@ class CoEvolution:
         self.panel.take_stats()  # these items are not a training phase's
         self.panel.cache.take_counts()
         error = judge_error(objective)
-        if error is not None and self.dist.is_main:
+        if error is not None:
             atomic_write(self.run_dir / JUDGE_ERROR, json.dumps(
                 {**error, "accuracy": objective["accuracy"], "rows": len(rows), "judges": self.panel.label}, indent=2))
             self.log(f"judge error on {len(rows)} human objective judgments: sensitivity {error['sensitivity']:.3f}, "
